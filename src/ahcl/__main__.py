@@ -1,0 +1,5 @@
+import sys
+
+from ahcl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""The ``ahcl`` command line: a thin layer over the library.
+
+Each verb lives in its own module under :mod:`ahcl.cli` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` to a function ``(args) -> int``. Exit codes: 0 ok,
+1 user error (one line on stderr; the traceback only with ``-v``), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from ahcl import __version__
+from ahcl.errors import AhclError
+
+# Verb modules, in the order they appear in --help.
+_VERBS = ("datasets", "train", "evaluate", "encode", "search", "demo", "index", "serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (verbs whose module is not present are left out)."""
+    parser = argparse.ArgumentParser(
+        prog="ahcl",
+        description="Remote-sensing image retrieval with asymmetric deep hashing (AHCL).",
+    )
+    parser.add_argument("--version", action="version", version=f"ahcl {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log details and show tracebacks on errors")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    for verb in _VERBS:
+        try:
+            module = importlib.import_module(f"ahcl.cli.{verb}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ahcl.cli.{verb}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status instead of exiting."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except AhclError as exc:
+        if args.verbose:
+            raise
+        print(f"ahcl: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ahcl: interrupted", file=sys.stderr)
+        return 130

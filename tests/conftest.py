@@ -1,0 +1,48 @@
+"""Shared fixtures: where ../shared is, real data and weights (skipping cleanly when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+
+os.environ.setdefault("AHCL_PROGRESS", "0")
+
+
+def shared_root() -> Path | None:
+    """``$AHCL_SHARED`` or ``../shared`` beside the checkout, if it exists."""
+    env = os.environ.get("AHCL_SHARED")
+    path = Path(env) if env else REPO.parent / "shared"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    root = shared_root()
+    if root is None:
+        pytest.skip("../shared not found beside the checkout (set AHCL_SHARED to its path)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def rsscn7_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "data" / "rsscn7"
+    if not path.is_dir():
+        pytest.skip(f"{path} not found: the real RSSCN7 scenes are needed for this test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> Path:
+    """Skip unless torchvision can load MobileNetV2 ImageNet weights offline from its cache."""
+    import torch.hub
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_FILE
+    if not path.is_file():
+        pytest.skip(f"{path} missing: copy ../shared/weights/{MOBILENET_FILE} there "
+                    "(see ../shared/weights/README.md; .ci/run does it)")
+    return path

@@ -1,0 +1,173 @@
+"""The two steps of AHCL's alternating optimisation in their scalable form (METHOD.md).
+
+Notation: ``n`` database items with labels ``db_labels`` (K classes) and codes ``V ∈ {−1,+1}^{n×c}``
+(stored ``int8``); a sampled set Ω of ``m`` database rows with network outputs ``U ∈ (−1,1)^{m×c}``.
+Pairwise supervision is single-label: ``S_ij = 1`` when ``y_i = y_j`` and ``−r`` otherwise, where
+``r`` is either the authors' soft balance (similar / dissimilar pairs in the m×n block) or 1 (ADSH).
+
+Nothing here forms an m×n matrix or ``U Vᵀ``: every sum over the database collapses into per-class
+sums (``P``, ``R``) and Gram matrices (``VᵀV``, ``UᵀU``). The dense forms live in the tests, which
+check these functions against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SIMILARITIES = ("soft", "hard")
+
+
+def dissimilar_weight(omega_labels: np.ndarray, class_counts: np.ndarray, similarity: str) -> float:
+    """The weight ``r`` of dissimilar pairs (``S_ij = −r``).
+
+    Args:
+        omega_labels: int64 (m,) labels of the sampled rows.
+        class_counts: int64 (K,) number of database items per class.
+        similarity: ``"soft"`` (authors' code: r = #similar / #dissimilar pairs in the m×n block) or
+            ``"hard"`` (ADSH paper: r = 1).
+    """
+    if similarity == "hard":
+        return 1.0
+    if similarity != "soft":
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    n = int(class_counts.sum())
+    n_similar = int(class_counts[omega_labels].sum())
+    n_dissimilar = len(omega_labels) * n - n_similar
+    # A single-class block has no dissimilar pairs; r is then irrelevant and 0 keeps it finite.
+    return n_similar / n_dissimilar if n_dissimilar else 0.0
+
+
+@dataclass(frozen=True)
+class DatabaseStats:
+    """Sufficient statistics of ``V`` for the network step (all O(K·c + c²), independent of n).
+
+    Attributes:
+        gram: float32 (c, c) ``VᵀV``.
+        class_sums: float32 (K, c) ``P[k] = Σ_{j: y_j = k} v_j``.
+        total: float32 (c,) ``P_all = Σ_j v_j``.
+        class_counts: int64 (K,) items per class.
+    """
+
+    gram: np.ndarray
+    class_sums: np.ndarray
+    total: np.ndarray
+    class_counts: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.class_counts.sum())
+
+
+def database_stats(V: np.ndarray, db_labels: np.ndarray, n_classes: int,
+                   chunk: int = 65536) -> DatabaseStats:
+    """Compute :class:`DatabaseStats` of ``V`` (int8 (n, c) ±1) in row chunks."""
+    n, c = V.shape
+    gram = np.zeros((c, c), np.float64)
+    sums = np.zeros((n_classes, c), np.float64)
+    for start in range(0, n, chunk):
+        block = V[start:start + chunk].astype(np.float32)
+        gram += block.T @ block
+        sums += _class_sum(block, db_labels[start:start + chunk], n_classes)
+    counts = np.bincount(db_labels, minlength=n_classes).astype(np.int64)
+    return DatabaseStats(gram.astype(np.float32), sums.astype(np.float32),
+                         sums.sum(0).astype(np.float32), counts)
+
+
+def _class_sum(x: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class row sums: float64 (K, c). Exact for ±1 rows (integer-valued sums)."""
+    out = np.zeros((n_classes, x.shape[1]), np.float64)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_classes + 1))
+    xs = x[order]
+    for k in range(n_classes):
+        if bounds[k + 1] > bounds[k]:
+            out[k] = xs[bounds[k]:bounds[k + 1]].sum(0, dtype=np.float64)
+    return out
+
+
+def pairwise_loss(u: torch.Tensor, labels: torch.Tensor, stats: DatabaseStats, r: float,
+                  n_bits: int) -> torch.Tensor:
+    """``Σ_{i∈B} Σ_j (u_iᵀ v_j − c·S_ij)²`` for a mini-batch, in O(|B|·c²), differentiable in ``u``.
+
+    Uses ``Σ_j (u_iᵀv_j − cS_ij)² = u_iᵀ(VᵀV)u_i − 2c·u_iᵀ((1+r)P[y_i] − r·P_all)
+    + c²·(N[y_i] + r²(n − N[y_i]))``.
+
+    Args:
+        u: float (B, c) tanh outputs.
+        labels: int64 (B,) labels of the batch rows.
+        stats: statistics of the current ``V``.
+        r: dissimilar weight from :func:`dissimilar_weight`.
+        n_bits: ``c``.
+
+    Returns:
+        Scalar: the sum over the batch (not normalised).
+    """
+    gram = torch.as_tensor(stats.gram, dtype=u.dtype, device=u.device)
+    sums = torch.as_tensor(stats.class_sums, dtype=u.dtype, device=u.device)
+    total = torch.as_tensor(stats.total, dtype=u.dtype, device=u.device)
+    counts = torch.as_tensor(stats.class_counts, dtype=u.dtype, device=u.device)
+    sv = (1.0 + r) * sums[labels] - r * total  # Σ_j S_ij v_j, (B, c)
+    quad = ((u @ gram) * u).sum(1)
+    lin = (u * sv).sum(1)
+    n_same = counts[labels]
+    const = n_bits ** 2 * (n_same + r * r * (stats.n - n_same))
+    return (quad - 2.0 * n_bits * lin + const).sum()
+
+
+def code_step(V: np.ndarray, U: np.ndarray, omega: np.ndarray, db_labels: np.ndarray,
+              n_classes: int, r: float, lam: float, sweeps: int = 1, rows: slice | None = None,
+              chunk: int = 8192, dtype: type = np.float32) -> np.ndarray:
+    """The database-code step: discrete cyclic coordinate descent over bits, in row chunks.
+
+    Minimises ``‖V Uᵀ‖² + tr(V Qᵀ)`` with ``Q = −2c·SᵀU − 2λ·Ū`` bit by bit:
+    ``V[:, k] = −sign(Q[:, k] + 2·V[:, ≠k]·M[≠k, k])``, ``M = UᵀU``, using the columns already
+    updated. ``(SᵀU)[j] = (1+r)·R[y_j] − r·R_all`` with ``R[k] = Σ_{i∈Ω: y_i=k} u_i``, so no m×n
+    matrix is formed and the rows are independent given (M, R): they are processed in chunks,
+    and ``rows`` restricts the update to a slice (for sharding or newly added items).
+
+    Tie rule: sign(0) = +1, so an exact tie (argument 0) sets the bit to −1.
+
+    Args:
+        V: int8 (n, c) ±1 database codes, updated in place (only ``rows``).
+        U: float32 (m, c) network outputs on Ω.
+        omega: int64 (m,) database row of each sampled item.
+        db_labels: int64 (n,) labels of all database rows.
+        n_classes: K.
+        r: dissimilar weight.
+        lam: λ, the weight tying sampled rows to their own ``u``.
+        sweeps: number of passes over all bits.
+        rows: the rows to update (default: all).
+        chunk: rows per block (keeps a block of V in cache).
+        dtype: arithmetic precision (float32 is the fast default; tests compare in float64).
+
+    Returns:
+        ``V`` (the same array).
+    """
+    n, c = V.shape
+    U = np.asarray(U, dtype)
+    M = (U.T.astype(np.float64) @ U.astype(np.float64)).astype(dtype)
+    R = _class_sum(U, db_labels[omega], n_classes).astype(dtype)
+    R_all = R.sum(0)
+    # Ū: the rows of U placed at their database rows; several draws of one row add up.
+    ubar_rows, inverse = np.unique(omega, return_inverse=True)
+    ubar = np.zeros((len(ubar_rows), c), dtype)
+    np.add.at(ubar, inverse, U)
+    rows = rows or slice(0, n)
+    start_all, stop_all, _ = rows.indices(n)
+    two_c = 2.0 * c
+    diag = np.diag(M).copy()
+    for start in range(start_all, stop_all, chunk):
+        stop = min(start + chunk, stop_all)
+        Q = -two_c * ((1.0 + r) * R[db_labels[start:stop]] - r * R_all)
+        lo, hi = np.searchsorted(ubar_rows, [start, stop])
+        Q[ubar_rows[lo:hi] - start] -= 2.0 * lam * ubar[lo:hi]
+        block = V[start:stop].astype(dtype)
+        for _ in range(sweeps):
+            for k in range(c):
+                x = Q[:, k] + 2.0 * (block @ M[:, k] - block[:, k] * diag[k])
+                block[:, k] = np.where(x >= 0, -1.0, 1.0)
+        V[start:stop] = block.astype(np.int8)
+    return V

@@ -117,6 +117,14 @@ def pairwise_loss(u: torch.Tensor, labels: torch.Tensor, stats: DatabaseStats, r
     return (quad - 2.0 * n_bits * lin + const).sum()
 
 
+def omega_stats(U: np.ndarray, omega_labels: np.ndarray, n_classes: int,
+                dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """``M = UᵀU`` (c, c) and ``R[k] = Σ_{i∈Ω: y_i=k} u_i`` (K, c): all the code step reads of U
+    besides the sampled rows' own outputs."""
+    U64 = np.asarray(U, np.float64)
+    return (U64.T @ U64).astype(dtype), _class_sum(U64, omega_labels, n_classes).astype(dtype)
+
+
 def code_step(V: np.ndarray, U: np.ndarray, omega: np.ndarray, db_labels: np.ndarray,
               n_classes: int, r: float, lam: float, sweeps: int = 1, rows: slice | None = None,
               chunk: int = 8192, dtype: type = np.float32) -> np.ndarray:
@@ -146,17 +154,31 @@ def code_step(V: np.ndarray, U: np.ndarray, omega: np.ndarray, db_labels: np.nda
     Returns:
         ``V`` (the same array).
     """
-    n, c = V.shape
-    U = np.asarray(U, dtype)
-    M = (U.T.astype(np.float64) @ U.astype(np.float64)).astype(dtype)
-    R = _class_sum(U, db_labels[omega], n_classes).astype(dtype)
-    R_all = R.sum(0)
+    M, R = omega_stats(U, db_labels[omega], n_classes, dtype)
     # Ū: the rows of U placed at their database rows; several draws of one row add up.
     ubar_rows, inverse = np.unique(omega, return_inverse=True)
-    ubar = np.zeros((len(ubar_rows), c), dtype)
-    np.add.at(ubar, inverse, U)
-    rows = rows or slice(0, n)
-    start_all, stop_all, _ = rows.indices(n)
+    ubar = np.zeros((len(ubar_rows), V.shape[1]), dtype)
+    np.add.at(ubar, inverse, np.asarray(U, dtype))
+    return code_step_from_stats(V, db_labels, M, R, r, lam, ubar_rows, ubar, sweeps, rows,
+                                chunk, dtype)
+
+
+def code_step_from_stats(V: np.ndarray, db_labels: np.ndarray, M: np.ndarray, R: np.ndarray,
+                         r: float, lam: float, ubar_rows: np.ndarray | None = None,
+                         ubar: np.ndarray | None = None, sweeps: int = 1,
+                         rows: slice | None = None, chunk: int = 8192,
+                         dtype: type = np.float32) -> np.ndarray:
+    """:func:`code_step` given ``M`` (c, c), ``R`` (K, c) and the sampled rows' ``Ū``.
+
+    ``ubar_rows`` (sorted int64) and ``ubar`` (float (len, c)) hold Ū's non-zero rows; leave them
+    ``None`` for rows outside Ω (new labelled archive items), whose ``Ū`` is 0.
+    """
+    n, c = V.shape
+    M, R = np.asarray(M, dtype), np.asarray(R, dtype)
+    R_all = R.sum(0)
+    if ubar_rows is None:
+        ubar_rows, ubar = np.zeros(0, np.int64), np.zeros((0, c), dtype)
+    start_all, stop_all, _ = (rows or slice(0, n)).indices(n)
     two_c = 2.0 * c
     diag = np.diag(M).copy()
     for start in range(start_all, stop_all, chunk):

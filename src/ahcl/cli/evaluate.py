@@ -1,0 +1,57 @@
+"""``ahcl evaluate``: retrieval quality of a run on its queries or a labelled folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ahcl.cli._common import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="mAP, precision and recall of a run",
+                       description="Evaluate a run on its own held-out queries or a folder of "
+                                   "labelled query images (class names matched to the run's).")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--queries", metavar="DIR", help="folder-per-class query images")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--plots", metavar="DIR", help="write PR and precision@K plots here")
+    p.set_defaults(func=run)
+
+
+def format_report(report) -> str:
+    """A short human-readable summary of a RetrievalReport."""
+    lines = [f"queries {report.n_queries}  database {report.n_db}  bits {report.n_bits}",
+             f"mAP            {report.map:.4f}",
+             f"mAP tie-aware  {report.map_tie_aware:.4f}"]
+    lines += [f"mAP@{k:<11}{v:.4f}" for k, v in sorted(report.map_at.items())]
+    lines += [f"P@{k:<13}{v:.4f}" for k, v in sorted(report.precision_at.items())]
+    lines.append(f"P(r<=2)        {report.precision_at_radius:.4f}")
+    if report.n_queries_without_relevant:
+        lines.append(f"queries without any relevant item: {report.n_queries_without_relevant} "
+                     "(counted with AP 0)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ahcl.run import load_run
+
+    r = load_run(args.run)
+    tic = time.perf_counter()
+    report = r.evaluate(args.queries)
+    seconds = time.perf_counter() - tic
+    if args.plots:
+        from ahcl.eval.plots import plot_pr_curve, plot_precision_at_k
+
+        out = Path(args.plots)
+        name = f"{r.method} {r.n_bits} bits"
+        plot_pr_curve({name: report}, out / "pr_curve.png")
+        plot_precision_at_k({name: report}, out / "precision_at_k.png")
+    if args.json:
+        print_json({**report.to_dict(), "seconds": seconds})
+    else:
+        print(format_report(report))
+        if args.plots:
+            print(f"plots written to {args.plots}")
+    return 0

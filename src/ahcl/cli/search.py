@@ -1,0 +1,50 @@
+"""``ahcl search``: nearest archive images of query images, from a run or an index."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ahcl.cli._common import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="find the archive images nearest to query images",
+                       description="Rank a run's database (or an index built from it) for each "
+                                   "query image by Hamming distance.")
+    p.add_argument("source", metavar="RUN_OR_INDEX")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
+    p.add_argument("--run", metavar="RUN", help="the run that encodes queries (for an index)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ahcl.errors import AhclError
+    from ahcl.run import load_run
+
+    if args.k < 1:
+        raise AhclError("-k must be >= 1")
+    source = Path(args.source)
+    if source.is_dir():
+        results = [[h.to_dict() for h in hits] for hits in load_run(source).search(args.images,
+                                                                                    args.k)]
+    else:
+        from ahcl.index import HammingIndex, search_results
+
+        if not args.run:
+            raise AhclError("searching an index needs --run RUN to encode the query images")
+        index = HammingIndex.load(source)
+        results = search_results(index, load_run(args.run).encode(args.images), args.k)
+    if args.json:
+        print_json({"queries": [{"image": img, "hits": hits}
+                                for img, hits in zip(args.images, results)]})
+        return 0
+    for img, hits in zip(args.images, results):
+        print(f"# {img}")
+        for rank, h in enumerate(hits, 1):
+            where = h.get("path") or (h.get("meta") or {}).get("path", "")
+            label = h.get("class", h.get("label", ""))
+            print(f"{rank:3d}  d={h['distance']:<3d} {label!s:<16} {where}")
+    return 0

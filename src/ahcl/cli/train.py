@@ -1,0 +1,74 @@
+"""``ahcl train``: train AHCL/ADSH and write a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ahcl.cli._common import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a hashing model and write a run folder",
+                       description="Train AHCL (or ADSH) on a folder-per-class dataset.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", metavar="DIR", help="folder with one sub-folder per class")
+    src.add_argument("--dataset", metavar="NAME", help="registered dataset (ahcl datasets list)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument("--method", choices=("ahcl", "adsh"))
+    p.add_argument("--bits", type=int, help="code length n_bits (multiple of 8; default 32)")
+    p.add_argument("--backbone", help="backbone name (default mobilenet_v2)")
+    p.add_argument("--mode", choices=("frozen", "finetune"))
+    p.add_argument("--no-pretrained", action="store_true", help="random backbone initialisation")
+    grp = p.add_mutually_exclusive_group()
+    grp.add_argument("--query-fraction", type=float, help="fraction of each class held out as "
+                     "queries (default 0.2; 0 puts every image in the database)")
+    grp.add_argument("--split", metavar="FILE", help="reuse a saved split.json")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--strict", action="store_true", help="fail on unreadable or duplicate images")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML of config keys (defaults for flags)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set lam=100 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """Defaults ← YAML ← flags ← --set."""
+    from ahcl.config import config_from_dict, load_yaml_config, parse_set
+
+    values = load_yaml_config(args.config) if args.config else {}
+    flags = {"data": args.data, "dataset": args.dataset, "method": args.method,
+             "n_bits": args.bits, "backbone": args.backbone, "mode": args.mode,
+             "query_fraction": args.query_fraction, "split": args.split, "seed": args.seed}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_pretrained:
+        values["pretrained"] = False
+    if args.strict:
+        values["strict"] = True
+    values.update(parse_set(args.set))
+    return config_from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ahcl.training import train_run
+
+    config = config_from_args(args)
+    total = config.params.outer_iters
+
+    def show(row: dict) -> None:
+        print(f"iteration {row['iteration'] + 1}/{total}  loss {row['loss']:.4f}  "
+              f"bits changed {row['bits_changed']:.3f}  {row['seconds']:.1f}s",
+              file=sys.stderr)
+
+    result = train_run(config, args.out, resume=args.resume, on_iteration=show)
+    summary = {"run": str(result.path), "method": result.method, "n_bits": result.n_bits,
+               "n_db": int(len(result.db_labels)), "classes": result.classes}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"trained {result.method} ({result.n_bits} bits) on {summary['n_db']} database "
+              f"images of {len(result.classes)} classes -> {result.path}")
+        print(f"next: ahcl evaluate {result.path}   |   ahcl search {result.path} IMAGE")
+    return 0

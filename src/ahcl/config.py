@@ -1,0 +1,129 @@
+"""Training configuration: YAML sets defaults, flags override, the resolved config is saved.
+
+One flat namespace: run settings (data, backbone, mode, split, ...) and the method's
+hyper-parameters (:class:`ahcl.methods.ahcl.AHCLParams`) side by side, so ``--set lam=100`` and
+``--set backbone=resnet18`` work alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ahcl.errors import AhclError
+from ahcl.methods.ahcl import AHCLParams
+
+MODES = ("frozen", "finetune")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the output folder.
+
+    Attributes:
+        data: a folder-per-class dataset (or ``dataset`` names a registered one).
+        dataset: registered dataset name (``ahcl datasets list``), found in the cache or downloaded.
+        method: ``ahcl`` or ``adsh``.
+        backbone: backbone name (``tiny_cnn`` or any torchvision classification model).
+        pretrained: ImageNet weights through torchvision (False: random initialisation).
+        mode: ``frozen`` (cached backbone features) or ``finetune`` (end to end).
+        query_fraction: fraction of each class held out as queries (0: all in the database).
+        query_per_class: fixed number of queries per class instead of a fraction.
+        split: a saved split file to reuse instead of drawing one.
+        strict: fail on unreadable or duplicate images instead of skipping them.
+        feature_cache: feature cache folder (default ``$AHCL_CACHE`` or ``~/.cache/ahcl/features``).
+        batch_size_features: images per batch when extracting frozen features.
+        num_workers: image-loading worker processes.
+        params: the method's hyper-parameters (``n_bits``, ``lam``, ``gamma``, ``seed``, ...).
+    """
+
+    data: str | None = None
+    dataset: str | None = None
+    method: str = "ahcl"
+    backbone: str = "mobilenet_v2"
+    pretrained: bool = True
+    mode: str = "frozen"
+    query_fraction: float = 0.2
+    query_per_class: int | None = None
+    split: str | None = None
+    strict: bool = False
+    feature_cache: str | None = None
+    batch_size_features: int = 32
+    num_workers: int = 0
+    params: AHCLParams = field(default_factory=AHCLParams)
+
+    def validate(self) -> "TrainConfig":
+        """Check values that need no data; returns ``self``."""
+        if (self.data is None) == (self.dataset is None):
+            raise AhclError("give exactly one of --data DIR or --dataset NAME")
+        if self.mode not in MODES:
+            raise AhclError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0 <= self.query_fraction < 1:
+            raise AhclError(f"query_fraction must be in [0, 1), got {self.query_fraction}")
+        from ahcl.methods.ahcl import get_method
+
+        get_method(self.method)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat, JSON-safe dict (``params`` merged in)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "params"}
+        params = dataclasses.asdict(self.params)
+        params["lr_milestones"] = list(params["lr_milestones"])
+        return {**out, **params}
+
+
+_RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"params"}
+_PARAM_KEYS = {f.name for f in dataclasses.fields(AHCLParams)}
+
+
+def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Apply flat ``values`` over ``base`` (default: the built-in defaults)."""
+    base = base or TrainConfig()
+    run = {k: v for k, v in dataclasses.asdict(base).items() if k != "params"}
+    params = dataclasses.asdict(base.params)
+    for key, value in values.items():
+        if key in _RUN_KEYS:
+            run[key] = value
+        elif key in _PARAM_KEYS:
+            params[key] = value
+        else:
+            known = ", ".join(sorted(_RUN_KEYS | _PARAM_KEYS))
+            raise AhclError(f"unknown config key {key!r}; known keys: {known}")
+    if run["method"] == "adsh":
+        if params["gamma"] and "gamma" in values:
+            raise AhclError("ADSH has no semantic term: gamma must be 0 (use method ahcl)")
+        params["gamma"] = 0.0  # ADSH is AHCL with γ = 0
+    try:
+        return TrainConfig(**run, params=AHCLParams(**params))
+    except TypeError as exc:
+        raise AhclError(f"bad config value: {exc}") from None
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping of config keys (``safe_load``: no arbitrary objects)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise AhclError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise AhclError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(values, dict):
+        raise AhclError(f"config file {path} must hold a mapping of key: value")
+    return values
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["lam=100", "lr_milestones=[5, 8]"]`` → ``{"lam": 100, "lr_milestones": [5, 8]}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise AhclError(f"--set takes key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out

@@ -1,0 +1,89 @@
+"""Query encoding of a trained run: images → backbone → hash head → ``sign(u)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from ahcl.errors import RunError
+from ahcl.index.packing import pack_codes
+from ahcl.methods.feeders import FeatureFeeder, ImageFeeder
+from ahcl.models.heads import HashNet
+
+if TYPE_CHECKING:
+    from ahcl.run import Run
+
+
+def build_backbone(config: dict[str, Any]):
+    """The backbone a config names (seeded when not pretrained)."""
+    from ahcl.models.backbones import create_backbone
+
+    return create_backbone(config["backbone"], pretrained=bool(config["pretrained"]),
+                           seed=int(config["seed"]))
+
+
+class Encoder:
+    """Turns image paths into codes with a trained network.
+
+    Args:
+        net: the trained :class:`HashNet` (with its backbone in finetune mode).
+        backbone: the frozen backbone (frozen mode) or ``None``.
+        feature_cache: feature cache folder for frozen mode.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, net: HashNet, backbone: Any | None, feature_cache: str | None = None,
+                 batch_size: int = 32) -> None:
+        self.net = net.eval()
+        self.backbone = backbone
+        self.feature_cache = feature_cache
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_run(cls, run: "Run") -> "Encoder":
+        """Rebuild the network of ``run`` from ``model.pt`` (safe load: tensors only)."""
+        cfg = run.config
+        try:
+            blob = torch.load(run.path / "model.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file
+            raise RunError(f"{run.path / 'model.pt'} is unreadable: {exc}".splitlines()[0]) from None
+        finetune = cfg["mode"] == "finetune"
+        # Finetuned weights live in blob["net"]; a random frozen backbone in blob["backbone"].
+        need_imagenet = bool(cfg["pretrained"]) and not finetune and "backbone" not in blob
+        backbone = build_backbone({**cfg, "pretrained": need_imagenet})
+        if "backbone" in blob:
+            backbone.load_state_dict(blob["backbone"])
+        net = HashNet(backbone.feature_dim, run.n_bits, len(run.classes), int(cfg["hidden"]),
+                      backbone if finetune else None)
+        try:
+            net.load_state_dict(blob["net"])
+        except (RuntimeError, KeyError) as exc:
+            raise RunError(f"{run.path / 'model.pt'} does not match the run's config: "
+                           f"{str(exc).splitlines()[0]}") from None
+        return cls(net, None if finetune else backbone.eval(), cfg.get("feature_cache"),
+                   int(cfg.get("batch_size_features", 32)))
+
+    @torch.inference_mode()
+    def encode_u(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """Network outputs ``u``: float32 (len(paths), n_bits)."""
+        paths = [str(p) for p in paths]
+        rows = np.arange(len(paths))
+        batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        if self.backbone is not None:
+            from ahcl.models.features import extract_features
+
+            feats = extract_features(paths, self.backbone, cache_dir=self.feature_cache,
+                                     batch_size=self.batch_size)
+            feeder: FeatureFeeder | ImageFeeder = FeatureFeeder(feats)
+        else:
+            feeder = ImageFeeder(paths, self.net.backbone.transform)
+        out = [self.net(x)[0].numpy() for x in feeder.batches(batches)]
+        n_bits = self.net.classifier.in_features
+        return np.concatenate(out) if out else np.zeros((0, n_bits), np.float32)
+
+    def encode(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """Codes ``sign(u)`` (sign(0) = +1), packed uint8 (len(paths), n_bits/8)."""
+        return pack_codes(self.encode_u(paths))

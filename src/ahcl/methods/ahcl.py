@@ -1,0 +1,356 @@
+"""AHCL (Song et al., IEEE TGRS 2022) and ADSH (Jiang & Li, AAAI 2018): asymmetric hashing.
+
+Query codes come from the network, ``sign(u)``; database codes ``V`` are variables of the
+objective (METHOD.md)::
+
+    J(Θ, V) = Σ_{i∈Ω} Σ_{j∈Γ} (u_iᵀ v_j − c·S_ij)² + λ Σ_{i∈Ω} ‖v_i − u_i‖² + γ Σ_{i∈Ω} CE(W u_i + w0, y_i)
+
+minimised alternately: a few epochs of the network step over a sampled Ω (V fixed), then the
+bit-by-bit database-code step (Θ fixed). Both steps use the scalable forms of
+:mod:`ahcl.methods.solver`. ADSH is the same method with γ = 0 and the ADSH paper's defaults.
+
+As in the authors' code the first two terms are normalised by ``n·|B|`` per mini-batch and the
+cross entropy is the batch mean times γ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ahcl._io import atomic_write
+from ahcl.errors import AhclError
+from ahcl.index.packing import pack_codes
+from ahcl.methods.feeders import FeatureFeeder, ImageFeeder, as_feeder
+from ahcl.methods.solver import (code_step, code_step_from_stats, database_stats,
+                                 dissimilar_weight, omega_stats, pairwise_loss)
+from ahcl.models.heads import HashNet
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class AHCLParams:
+    """Hyper-parameters of AHCL (defaults chosen for frozen features; see README "Defaults").
+
+    Attributes:
+        n_bits: code length ``c`` (a multiple of 8).
+        lam: λ, weight of ‖v_i − u_i‖² for the sampled rows.
+        gamma: γ, weight of the classification (semantic) term; 0 gives ADSH.
+        similarity: ``"soft"`` (authors' code: dissimilar pairs −r) or ``"hard"`` (−1).
+        outer_iters: alternations of network step and code step.
+        epochs: epochs of the network step over Ω per outer iteration.
+        num_samples: m = |Ω| (``None`` or ≥ n: all database items, as the authors' demo).
+        batch_size: mini-batch size of the network step.
+        optimizer: ``"sgd"`` (momentum 0.9) or ``"adam"``.
+        lr: learning rate; divided by 10 at each outer iteration in ``lr_milestones``.
+        lr_milestones: outer iterations where the learning rate drops.
+        weight_decay: L2 weight decay.
+        hidden: width of an MLP layer before the hash layer (0: none).
+        code_sweeps: passes over all bits in each database-code step.
+        seed: seeds V's initialisation, the network's initialisation, Ω and the shuffles.
+    """
+
+    n_bits: int = 32
+    lam: float = 200.0
+    gamma: float = 20.0
+    similarity: str = "soft"
+    outer_iters: int = 30
+    epochs: int = 2
+    num_samples: int | None = 2000
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_milestones: tuple[int, ...] = (10, 20)
+    weight_decay: float = 5e-4
+    hidden: int = 512
+    code_sweeps: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+        if self.n_bits <= 0 or self.n_bits % 8:
+            raise AhclError(f"n_bits must be a positive multiple of 8, got {self.n_bits}")
+        if self.similarity not in ("soft", "hard"):
+            raise AhclError(f"similarity must be 'soft' or 'hard', got {self.similarity!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise AhclError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        for name in ("lam", "gamma", "lr", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise AhclError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.outer_iters < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise AhclError("outer_iters, epochs and batch_size must be >= 1")
+
+
+@dataclass
+class CodeState:
+    """What the database-code step needs to code new labelled rows without retraining.
+
+    Attributes:
+        gram_u: float32 (c, c) ``M = UᵀU`` of the last Ω.
+        class_sums_u: float32 (K, c) ``R[k] = Σ_{i∈Ω: y_i=k} u_i``.
+        r: dissimilar weight of the last iteration.
+        lam: λ.
+    """
+
+    gram_u: np.ndarray
+    class_sums_u: np.ndarray
+    r: float
+    lam: float
+
+
+class AHCL:
+    """Asymmetric hash code learning. scikit-learn style: ``fit`` returns ``self``.
+
+    Fitted attributes: ``net_`` (:class:`HashNet`), ``V_`` int8 (n, c) ±1 database codes,
+    ``db_codes_`` packed uint8 (n, c/8), ``history_`` (one dict per outer iteration),
+    ``code_state_`` (:class:`CodeState`), ``n_classes_``.
+    """
+
+    name = "ahcl"
+
+    def __init__(self, **params: Any) -> None:
+        self.params = AHCLParams(**params)
+
+    def get_config(self) -> dict[str, Any]:
+        """The method name and every hyper-parameter (replays the run)."""
+        return {"method": self.name, **dataclasses.asdict(self.params)}
+
+    # ------------------------------------------------------------------ network
+    def build_net(self, in_dim: int, n_classes: int, backbone: nn.Module | None = None) -> HashNet:
+        """A freshly initialised :class:`HashNet` (initialisation seeded, global RNG restored)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.params.seed)
+            return HashNet(in_dim, self.params.n_bits, n_classes, self.params.hidden, backbone)
+
+    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        p = self.params
+        if p.optimizer == "sgd":
+            return torch.optim.SGD(net.parameters(), lr=p.lr, momentum=0.9,
+                                   weight_decay=p.weight_decay)
+        return torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+
+    def _lr_at(self, iteration: int) -> float:
+        drops = sum(iteration >= m for m in self.params.lr_milestones)
+        return self.params.lr * 0.1 ** drops
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, inputs: np.ndarray | FeatureFeeder | ImageFeeder, labels: np.ndarray, *,
+            n_classes: int | None = None, backbone: nn.Module | None = None,
+            checkpoint: str | Path | None = None,
+            on_iteration: Callable[[dict[str, Any]], None] | None = None) -> "AHCL":
+        """Learn the network and the database codes of ``inputs``.
+
+        Args:
+            inputs: float32 (n, d) frozen features, or a feeder (images for finetune mode).
+            labels: int64 (n,) class ids of the database items.
+            n_classes: K (default ``labels.max() + 1``).
+            backbone: trainable backbone (finetune mode); ``inputs`` then feeds images.
+            checkpoint: file written atomically after every outer iteration; when it exists,
+                training resumes from it and ends with the same result as an uninterrupted run.
+            on_iteration: called with each iteration's metrics dict.
+
+        Returns:
+            ``self``.
+        """
+        p = self.params
+        feeder = as_feeder(inputs)
+        labels = np.asarray(labels, dtype=np.int64)
+        n = len(labels)
+        if len(feeder) != n:
+            raise AhclError(f"{len(feeder)} inputs but {n} labels")
+        K = int(n_classes if n_classes is not None else labels.max() + 1)
+        if len(np.unique(labels)) < 2:
+            raise AhclError("training needs at least two classes")
+        in_dim = backbone.feature_dim if backbone is not None else feeder.features.shape[1]
+        net = self.build_net(in_dim, K, backbone)
+        opt = self._optimizer(net)
+        # V starts random ±1 from the seed (the authors' zeros give sign(0) codes that are not ±1).
+        V = np.where(np.random.default_rng([p.seed, 0xA11C]).random((n, p.n_bits)) < 0.5,
+                     -1, 1).astype(np.int8)
+        history: list[dict[str, Any]] = []
+        start = 0
+        state = None
+        if checkpoint is not None and Path(checkpoint).exists():
+            start, V, history, state = self._load_checkpoint(checkpoint, net, opt, n)
+        m = n if p.num_samples is None else min(p.num_samples, n)
+        counts = np.bincount(labels, minlength=K)
+        for t in range(start, p.outer_iters):
+            tic = time.perf_counter()
+            rng = np.random.default_rng([p.seed, t])
+            omega = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+            r = dissimilar_weight(labels[omega], counts, p.similarity)
+            for group in opt.param_groups:
+                group["lr"] = self._lr_at(t)
+            losses = self._network_step(net, opt, feeder, labels, V, omega, r, K, rng)
+            U = self._outputs(net, feeder, omega)
+            V_before = V.copy()
+            code_step(V, U, omega, labels, K, r, p.lam, sweeps=p.code_sweeps)
+            state = CodeState(*omega_stats(U, labels[omega], K), r, p.lam)
+            record = {"iteration": t, "lr": self._lr_at(t), "r": r, **losses,
+                      "bits_changed": float((V != V_before).mean()),
+                      "seconds": time.perf_counter() - tic}
+            history.append(record)
+            if checkpoint is not None:
+                self._save_checkpoint(checkpoint, t + 1, V, net, opt, history, state)
+            if on_iteration is not None:
+                on_iteration(record)
+        net.eval()
+        self.net_, self.V_, self.history_, self.n_classes_ = net, V, history, K
+        self.code_state_ = state
+        self.db_codes_ = pack_codes(V)
+        return self
+
+    def _network_step(self, net: HashNet, opt: torch.optim.Optimizer, feeder, labels: np.ndarray,
+                      V: np.ndarray, omega: np.ndarray, r: float, K: int,
+                      rng: np.random.Generator) -> dict[str, float]:
+        p = self.params
+        n = len(labels)
+        stats = database_stats(V, labels, K)
+        net.train()
+        sums = {"loss_pair": 0.0, "loss_quant": 0.0, "loss_ce": 0.0, "loss": 0.0}
+        n_batches = 0
+        for _ in range(p.epochs):
+            order = omega[rng.permutation(len(omega))]  # reshuffled every epoch
+            batches = [order[i:i + p.batch_size] for i in range(0, len(order), p.batch_size)]
+            for idx, x in zip(batches, feeder.batches(batches)):
+                y = torch.from_numpy(labels[idx])
+                u, logits = net(x)
+                v = torch.from_numpy(V[idx].astype(np.float32))
+                pair = pairwise_loss(u, y, stats, r, p.n_bits) / (n * len(idx))
+                quant = p.lam * ((v - u) ** 2).sum() / (n * len(idx))
+                ce = F.cross_entropy(logits, y) if p.gamma else torch.zeros(())
+                loss = pair + quant + p.gamma * ce
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for key, val in (("loss_pair", pair), ("loss_quant", quant), ("loss_ce", ce),
+                                 ("loss", loss)):
+                    sums[key] += float(val.detach())
+                n_batches += 1
+        return {k: v / max(n_batches, 1) for k, v in sums.items()}
+
+    @torch.inference_mode()
+    def _outputs(self, net: HashNet, feeder, rows: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        net.eval()
+        batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        out = [net(x)[0].numpy() for x in feeder.batches(batches)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.params.n_bits),
+                                                                             np.float32)
+
+    # ------------------------------------------------------------------ use
+    def encode_u(self, inputs: np.ndarray | FeatureFeeder | ImageFeeder,
+                 batch_size: int = 512) -> np.ndarray:
+        """Network outputs ``u``: float32 (n, n_bits)."""
+        feeder = as_feeder(inputs)
+        return self._outputs(self.net_, feeder, np.arange(len(feeder)), batch_size)
+
+    def encode(self, inputs: np.ndarray | FeatureFeeder | ImageFeeder) -> np.ndarray:
+        """Query codes ``sign(u)`` (sign(0) = +1), packed uint8 (n, n_bits/8)."""
+        return pack_codes(self.encode_u(inputs))
+
+    def codes_for_labels(self, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Database codes for new labelled items: the code step for those rows alone.
+
+        With Ū = 0 for rows outside Ω, a new row's code depends only on its label and the
+        stored ``(M, R, r, λ)``; several sweeps from a seeded random start reach a fixed point.
+
+        Returns:
+            packed uint8 (len(labels), n_bits/8).
+        """
+        return pack_codes(code_new_rows(self.code_state_, labels, self.params.n_bits, seed))
+
+    # ------------------------------------------------------------------ checkpoint
+    def _save_checkpoint(self, path: str | Path, next_iter: int, V: np.ndarray, net: nn.Module,
+                         opt: torch.optim.Optimizer, history: list[dict[str, Any]],
+                         state: CodeState) -> None:
+        blob = {
+            "version": CHECKPOINT_VERSION,
+            "config": json.dumps(self.get_config(), sort_keys=True),
+            "next_iter": next_iter,
+            "V": torch.from_numpy(V),
+            "net": net.state_dict(),
+            "opt": opt.state_dict(),
+            "history": json.dumps(history),
+            "code_state": {"gram_u": torch.from_numpy(state.gram_u),
+                           "class_sums_u": torch.from_numpy(state.class_sums_u),
+                           "r": state.r, "lam": state.lam},
+        }
+        with atomic_write(path) as f:
+            torch.save(blob, f)
+
+    def _load_checkpoint(self, path: str | Path, net: nn.Module, opt: torch.optim.Optimizer,
+                         n: int) -> tuple[int, np.ndarray, list, CodeState]:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
+            raise AhclError(f"cannot resume: checkpoint {path} is unreadable ({exc}); "
+                            "delete it to start over") from None
+        if blob.get("version") != CHECKPOINT_VERSION:
+            raise AhclError(f"cannot resume: checkpoint {path} has version {blob.get('version')}, "
+                            f"expected {CHECKPOINT_VERSION}")
+        if blob["config"] != json.dumps(self.get_config(), sort_keys=True):
+            raise AhclError(f"cannot resume: checkpoint {path} was made with other settings")
+        V = blob["V"].numpy().copy()
+        if V.shape != (n, self.params.n_bits):
+            raise AhclError(f"cannot resume: checkpoint {path} holds codes for {V.shape[0]} items, "
+                            f"the data has {n}")
+        net.load_state_dict(blob["net"])
+        opt.load_state_dict(blob["opt"])
+        cs = blob["code_state"]
+        state = CodeState(cs["gram_u"].numpy(), cs["class_sums_u"].numpy(), float(cs["r"]),
+                          float(cs["lam"]))
+        return int(blob["next_iter"]), V, json.loads(blob["history"]), state
+
+
+class ADSH(AHCL):
+    """Asymmetric Deep Supervised Hashing (Jiang & Li, AAAI 2018): AHCL with γ = 0.
+
+    Everything else (similarity variant, iteration budget, network) is shared with AHCL so the
+    two compare at equal cost; ``similarity="hard"`` gives the ADSH paper's −1 for dissimilar pairs.
+    """
+
+    name = "adsh"
+
+    def __init__(self, **params: Any) -> None:
+        if params.get("gamma", 0.0):
+            raise AhclError("ADSH has no semantic term: gamma must be 0 (use method 'ahcl')")
+        params["gamma"] = 0.0
+        super().__init__(**params)
+
+
+METHODS: dict[str, type[AHCL]] = {"ahcl": AHCL, "adsh": ADSH}
+
+
+def get_method(name: str) -> type[AHCL]:
+    """The method class registered under ``name``."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise AhclError(f"unknown method {name!r}; choose from {', '.join(METHODS)}") from None
+
+
+def code_new_rows(state: CodeState, labels: np.ndarray, n_bits: int, seed: int = 0,
+                  max_sweeps: int = 10) -> np.ndarray:
+    """The code step for rows outside Ω (Ū = 0), swept until no bit changes: int8 (len, n_bits)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    K = state.class_sums_u.shape[0]
+    if len(labels) and (labels.min() < 0 or labels.max() >= K):
+        raise AhclError(f"labels must be class ids in 0..{K - 1}")
+    V = np.where(np.random.default_rng([seed, 0xBEEF]).random((len(labels), n_bits)) < 0.5,
+                 -1, 1).astype(np.int8)
+    for _ in range(max_sweeps):
+        before = V.copy()
+        code_step_from_stats(V, labels, state.gram_u, state.class_sums_u, state.r, state.lam)
+        if np.array_equal(before, V):
+            break
+    return V

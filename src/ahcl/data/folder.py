@@ -36,6 +36,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ahcl._progress import progress
 from ahcl.data.images import IMAGE_EXTENSIONS, ImageReadError, load_rgb
 from ahcl.errors import DatasetError
 
@@ -142,18 +143,20 @@ def read_image_folder(root: str | os.PathLike, strict: bool = False,
     labels: list[int] = []
     skipped: list[tuple[str, str]] = []
     first_seen: dict[bytes, str] = {}
-    for label, (cls, names) in enumerate(files.items()):
-        for name in names:
-            rel = f"{cls}/{name}"
-            reason = _check_file(root / cls / name, rel, check_images, first_seen)
-            if reason is None:
-                paths.append(rel)
-                labels.append(label)
-                continue
-            if strict:
-                raise DatasetError(f"{root / cls / name}: {reason} (strict mode; fix or remove "
-                                   "the file, or read without --strict to skip it)")
-            skipped.append((rel, reason))
+    todo = [(label, cls, name) for label, (cls, names) in enumerate(files.items())
+            for name in names]
+    for label, cls, name in progress(todo, total=len(todo), desc=f"reading {root.name}",
+                                     unit="img"):
+        rel = f"{cls}/{name}"
+        reason = _check_file(root / cls / name, rel, check_images, first_seen)
+        if reason is None:
+            paths.append(rel)
+            labels.append(label)
+            continue
+        if strict:
+            raise DatasetError(f"{root / cls / name}: {reason} (strict mode; fix or remove "
+                               "the file, or read without --strict to skip it)")
+        skipped.append((rel, reason))
     classes = list(files)
     label_array = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(label_array, minlength=len(classes))

@@ -21,7 +21,9 @@ decided once, here:
 
 Truncated files and non-images raise :class:`ImageReadError` naming the file. Nothing global
 is changed (in particular not ``ImageFile.LOAD_TRUNCATED_IMAGES``): a truncated JPEG is an
-error, never silently grey-padded.
+error, never silently grey-padded. Pillow's ``DecompressionBombError`` (an image over twice
+``Image.MAX_IMAGE_PIXELS``) is deliberately let through unchanged, so a server can map it to
+its own answer.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ TIFF_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff")
 # truncation, SyntaxError from some plugins, ValueError/struct.error/IndexError from broken
 # headers; tifffile raises its own TiffFileError, a ValueError subclass, and others).
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, IndexError,
-                  KeyError, EOFError, MemoryError, TypeError, RuntimeError)
+                  KeyError, EOFError, TypeError, RuntimeError)
 _PERCENTILES = (2.0, 98.0)
 
 

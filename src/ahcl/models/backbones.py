@@ -297,7 +297,8 @@ def tiny_cnn(pretrained: bool = True, weights: str | None = None, seed: int = 0)
     layers: list[nn.Module] = []
     width_in = 3
     for width in TINY_WIDTHS:
-        conv = nn.Conv2d(width_in, width, kernel_size=3, stride=2, padding=1)
+        # skip_init: nn.Conv2d would otherwise draw its default init from the global generator.
+        conv = nn.utils.skip_init(nn.Conv2d, width_in, width, kernel_size=3, stride=2, padding=1)
         with torch.no_grad():
             conv.weight.normal_(0.0, (2.0 / (width_in * 9)) ** 0.5, generator=generator)
             conv.bias.zero_()

@@ -1,0 +1,404 @@
+"""The Hamming index: add, remove, exact k-NN and range search, persistence (faiss binary style).
+
+Results are exact and ordered by ``(distance, id)`` ascending. ``search`` pads a query's row when
+fewer than ``k`` codes are indexed with ``I = -1`` and ``D = n_bits + 1`` (one more than any real
+distance, so padded rows still sort last).
+
+Storage is a list of segments (the file the index was loaded from, memory-mapped, then one segment
+per ``add``), so adding to a loaded 100M-code index never copies it into RAM; the scan carries each
+query's top-k state from one segment to the next. ``remove`` rewrites only the segments it touches.
+Ids are any unique int64; storage order does not matter because ties are broken on the ids
+themselves. Multi-index hashing (:mod:`ahcl.index.mih`) needs the rows in one block: building it
+merges the segments in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ahcl.errors import AhclError
+from ahcl.index import format as fmt
+from ahcl.index import kernels
+from ahcl.index.mih import MultiIndexHash
+from ahcl.index.packing import as_packed
+
+
+class HammingIndexError(AhclError, ValueError):
+    """Wrong input to the index: code width, duplicate or unknown ids, bad arguments."""
+
+
+class HammingIndex:
+    """Exact Hamming-distance index over packed binary codes.
+
+    Args:
+        n_bits: code length, a positive multiple of 8.
+        mih: keep multi-index hashing tables and use them for :meth:`search` (rebuilt lazily
+            after changes). Adds about ``4 n m`` bytes (see :mod:`ahcl.index.mih`).
+        threads: kernel threads (``None``: all cores).
+    """
+
+    def __init__(self, n_bits: int, *, mih: bool = False, threads: int | None = None) -> None:
+        if n_bits <= 0 or n_bits % 8:
+            raise HammingIndexError(f"n_bits must be a positive multiple of 8, got {n_bits}")
+        self.n_bits = int(n_bits)
+        self.mih = bool(mih)
+        self.threads = threads
+        self._segments: list[fmt.Segment] = []
+        self._next_id = 0
+        self._version = 0  # bumped on every change; cached views check it
+        self._cache: dict[str, Any] = {}
+        self._mih: MultiIndexHash | None = None
+        self._mih_version = -1
+
+    # ------------------------------------------------------------------ size and bookkeeping
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._segments)
+
+    @property
+    def nbytes_per_code(self) -> int:
+        """Bytes per packed code, ``n_bits / 8``."""
+        return self.n_bits // 8
+
+    @property
+    def words(self) -> int:
+        """64-bit words per code in the kernels."""
+        return (self.n_bits + 63) // 64
+
+    @property
+    def ids(self) -> np.ndarray:
+        """``int64 (n,)`` ids in storage order."""
+        return self._cached(
+            "ids", lambda: np.asarray(_concat([s.ids for s in self._segments], np.int64)))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``int64 (n,)`` labels in storage order (``-1`` unknown)."""
+        return self._cached("labels", lambda: _concat([s.labels for s in self._segments], np.int64))
+
+    def _cached(self, key: str, make: Any) -> Any:
+        hit = self._cache.get(key)
+        if hit is None or hit[0] != self._version:
+            hit = (self._version, make())
+            self._cache[key] = hit
+        return hit[1]
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ mutation
+    def _check_codes(self, codes: np.ndarray, what: str = "codes") -> np.ndarray:
+        try:
+            packed = as_packed(codes)
+        except ValueError as exc:
+            raise HammingIndexError(f"{what}: {exc}") from None
+        if packed.shape[1] != self.nbytes_per_code:
+            raise HammingIndexError(
+                f"{what} have {packed.shape[1] * 8} bits, the index holds {self.n_bits}-bit codes")
+        return packed
+
+    def add(self, codes: np.ndarray, ids: Sequence[int] | np.ndarray | None = None,
+            labels: Sequence[int] | np.ndarray | None = None,
+            meta: Sequence[dict | None] | None = None) -> np.ndarray:
+        """Add codes.
+
+        Args:
+            codes: ``uint8 (n, n_bits/8)`` packed codes, or ``(n, n_bits)`` ±1 / real values.
+            ids: ``int64 (n,)`` unique ids, not already indexed; default: consecutive integers
+                after the largest id ever added.
+            labels: ``int64 (n,)`` class labels, ``-1`` for unknown (the default).
+            meta: ``n`` JSON-serialisable dicts (or ``None``), e.g. ``{"path": ...}``.
+
+        Returns:
+            ``int64 (n,)`` the ids given to the codes.
+
+        Raises:
+            HammingIndexError: wrong width, length mismatch, or duplicate ids.
+        """
+        packed = self._check_codes(codes)
+        n = packed.shape[0]
+        if ids is None:
+            new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        else:
+            new_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            self._check_new_ids(new_ids, n)
+        lab = np.full(n, -1, dtype=np.int64) if labels is None \
+            else np.asarray(labels, dtype=np.int64).reshape(-1)
+        if lab.shape[0] != n:
+            raise HammingIndexError(f"{lab.shape[0]} labels for {n} codes")
+        items = None
+        if meta is not None:
+            items = list(meta)
+            if len(items) != n:
+                raise HammingIndexError(f"{len(items)} meta entries for {n} codes")
+        if n == 0:
+            return new_ids
+        self._segments.append(fmt.Segment(packed.copy(), new_ids.copy(), lab.copy(), items))
+        self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        self._changed()
+        return new_ids
+
+    def _check_new_ids(self, new_ids: np.ndarray, n: int) -> None:
+        if new_ids.shape[0] != n:
+            raise HammingIndexError(f"{new_ids.shape[0]} ids for {n} codes")
+        if n and np.unique(new_ids).shape[0] != n:
+            raise HammingIndexError("duplicate ids in one add() call; ids must be unique")
+        if n and len(self) and (new_ids.min() <= self.ids.max()):
+            clash = new_ids[np.isin(new_ids, self.ids)]
+            if clash.shape[0]:
+                raise HammingIndexError(f"id {int(clash[0])} is already in the index "
+                                        f"({clash.shape[0]} clashing ids); remove it first")
+
+    def remove(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Remove the codes with these ids (unknown ids are ignored); returns how many went."""
+        gone = np.asarray(ids, dtype=np.int64).reshape(-1)
+        removed = 0
+        kept: list[fmt.Segment] = []
+        for seg in self._segments:
+            hit = np.isin(seg.ids, gone)
+            n_hit = int(hit.sum())
+            if n_hit == 0:
+                kept.append(seg)
+                continue
+            removed += n_hit
+            keep = ~hit
+            if keep.any():
+                meta = seg.meta
+                if meta is not None:
+                    meta = [seg.meta_at(int(i)) for i in np.flatnonzero(keep)]
+                kept.append(fmt.Segment(np.ascontiguousarray(seg.codes[keep]), seg.ids[keep],
+                                        seg.labels[keep], meta))
+        if removed:
+            self._segments = kept
+            self._changed()
+        return removed
+
+    def _merge_segments(self) -> None:
+        """Merge all segments into one in-memory block (what MIH needs)."""
+        if len(self._segments) <= 1:
+            return
+        segs = self._segments
+        meta = None
+        if any(s.meta is not None for s in segs):
+            meta = [s.meta_at(i) for s in segs for i in range(len(s))]
+        merged = fmt.Segment(np.concatenate([s.codes for s in segs]),
+                             np.concatenate([s.ids for s in segs]),
+                             np.concatenate([s.labels for s in segs]), meta)
+        self._segments = [merged]
+        self._cache.clear()  # same content, new arrays; positions are unchanged
+
+    # ------------------------------------------------------------------ kernels' views
+    def _words(self, codes: np.ndarray) -> np.ndarray:
+        """``uint64 (n * W,)`` flat view of packed codes (a padded copy when n_bits % 64)."""
+        codes = np.ascontiguousarray(codes)
+        if self.n_bits % 64 == 0 and codes.ctypes.data % 8 == 0:
+            return codes.view(np.uint64).reshape(-1)
+        padded = np.zeros((codes.shape[0], self.words * 8), dtype=np.uint8)
+        padded[:, :codes.shape[1]] = codes
+        return padded.view(np.uint64).reshape(-1)
+
+    def _segment_words(self) -> list[np.ndarray]:
+        return self._cached("words", lambda: [self._words(s.codes) for s in self._segments])
+
+    def _queries(self, query_codes: np.ndarray) -> np.ndarray:
+        q = self._check_codes(query_codes, "query codes")
+        return self._words(q).reshape(q.shape[0], self.words)
+
+    def build_mih(self, width: int | None = None) -> "HammingIndex":
+        """Build multi-index hashing tables now (and keep them up to date); returns ``self``."""
+        self.mih = True
+        self._merge_segments()
+        words = self._segment_words()
+        db = words[0] if words else np.zeros(0, dtype=np.uint64)
+        with kernels.thread_limit(self.threads):
+            self._mih = MultiIndexHash(db, self.n_bits, width)
+        self._mih_version = self._version
+        return self
+
+    @property
+    def mih_nbytes(self) -> int:
+        """Bytes of memory the MIH tables add (0 when not built)."""
+        return self._mih.nbytes if self._mih is not None else 0
+
+    # ------------------------------------------------------------------ search
+    def search(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest neighbours.
+
+        Args:
+            query_codes: ``uint8 (nq, n_bits/8)`` packed, or ``(nq, n_bits)`` ±1.
+            k: neighbours per query, ``>= 1``.
+
+        Returns:
+            ``D int32 (nq, k)`` distances and ``I int64 (nq, k)`` ids, each row ordered by
+            ``(distance, id)``; missing neighbours are ``D = n_bits + 1``, ``I = -1``.
+        """
+        d, _, i = self._search(query_codes, k)
+        return d, i
+
+    def _search(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray]:
+        """:meth:`search` plus ``P int64 (nq, k)``: storage positions (``-1`` padding)."""
+        if int(k) < 1:
+            raise HammingIndexError(f"k must be >= 1, got {k}")
+        k = int(k)
+        q = self._queries(query_codes)
+        nq = q.shape[0]
+        out_d = np.empty((nq, k), dtype=np.int32)
+        out_p = np.empty((nq, k), dtype=np.int64)
+        out_i = np.empty((nq, k), dtype=np.int64)
+        todo = np.arange(nq)
+        with kernels.thread_limit(self.threads):
+            if self.mih and len(self) and nq:
+                if self._mih is None or self._mih_version != self._version:
+                    self.build_mih()
+                done = self._mih.search(q, self.ids, k, out_d, out_p, out_i)
+                todo = np.flatnonzero(~done)
+            if todo.shape[0]:
+                d, p, i = self._flat(q[todo], k)
+                out_d[todo], out_p[todo], out_i[todo] = d, p, i
+        return out_d, out_p, out_i
+
+    def _flat(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        nq = q.shape[0]
+        cap = max(2 * k, k + 4 * kernels.GROUP)
+        buf_d = np.empty((nq, cap), dtype=np.int32)
+        buf_p = np.empty((nq, cap), dtype=np.int64)
+        buf_i = np.empty((nq, cap), dtype=np.int64)
+        buf_n = np.zeros(nq, dtype=np.int64)
+        bound = np.zeros((nq, 2), dtype=np.int64)
+        bound[:, 0] = self.n_bits + 1
+        base = 0
+        for seg, words in zip(self._segments, self._segment_words()):
+            kernels.topk_scan(q, words, np.ascontiguousarray(np.asarray(seg.ids)), base, k, self.n_bits,
+                              buf_d, buf_p, buf_i, buf_n, bound)
+            base += len(seg)
+        out_d = np.empty((nq, k), dtype=np.int32)
+        out_p = np.empty((nq, k), dtype=np.int64)
+        out_i = np.empty((nq, k), dtype=np.int64)
+        kernels.topk_finish(k, self.n_bits, buf_d, buf_p, buf_i, buf_n, bound, out_d, out_p, out_i)
+        return out_d, out_p, out_i
+
+    def range_search(self, query_codes: np.ndarray, radius: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All codes within ``radius`` (inclusive), faiss style.
+
+        Returns:
+            ``lims int64 (nq + 1,)``, ``D int32 (lims[-1],)``, ``I int64 (lims[-1],)``: query
+            ``i``'s results are ``D[lims[i]:lims[i+1]]``, ordered by ``(distance, id)``.
+        """
+        lims, d, _, i = self._range_search(query_codes, radius)
+        return lims, d, i
+
+    def _range_search(self, query_codes: np.ndarray, radius: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        q = self._queries(query_codes)
+        radius = int(radius)
+        nq = q.shape[0]
+        segs, words = self._segments, self._segment_words()
+        with kernels.thread_limit(self.threads):
+            counts = np.zeros(nq, dtype=np.int64)
+            for w in words:
+                counts += kernels.range_count(q, w, radius) if radius >= 0 else 0
+            lims = np.zeros(nq + 1, dtype=np.int64)
+            np.cumsum(counts, out=lims[1:])
+            dist = np.empty(lims[-1], dtype=np.int32)
+            pos = np.empty(lims[-1], dtype=np.int64)
+            cursor = lims[:-1].copy()
+            base = 0
+            for seg, w in zip(segs, words):
+                if radius >= 0:
+                    kernels.range_fill(q, w, radius, base, cursor, dist, pos)
+                base += len(seg)
+            ids = self.ids[pos] if pos.shape[0] else np.empty(0, dtype=np.int64)
+            kernels.sort_ranges(lims, self.n_bits, dist, pos, ids)
+        return lims, dist, pos, ids
+
+    # ------------------------------------------------------------------ lookups
+    def _positions_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Storage positions of ``ids`` (raises on unknown ids)."""
+        want = np.asarray(ids, dtype=np.int64).reshape(-1)
+        all_ids = self.ids
+
+        def sorter() -> np.ndarray | None:
+            ordered = all_ids.shape[0] < 2 or bool(np.all(all_ids[1:] > all_ids[:-1]))
+            return None if ordered else np.argsort(all_ids, kind="stable")
+
+        order = self._cached("sorter", lambda: (sorter(),))[0]
+        keys = all_ids if order is None else all_ids[order]
+        at = np.searchsorted(keys, want)
+        at = np.minimum(at, max(keys.shape[0] - 1, 0))
+        if keys.shape[0] == 0 or np.any(keys[at] != want):
+            missing = want if keys.shape[0] == 0 else want[keys[at] != want]
+            raise HammingIndexError(f"id {int(missing[0])} is not in the index")
+        return at if order is None else order[at]
+
+    def _locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        starts = np.cumsum([0] + [len(s) for s in self._segments])
+        seg = np.searchsorted(starts, positions, side="right") - 1
+        return seg, positions - starts[seg]
+
+    def labels_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``int64`` labels of ``ids`` (``-1`` unknown label); raises on ids not indexed."""
+        return self.labels[self._positions_of(ids)]
+
+    def meta_of(self, ids: Sequence[int] | np.ndarray) -> list[dict | None]:
+        """Metadata dicts of ``ids`` (``None`` where none was given); raises on unknown ids."""
+        return self._meta_at(self._positions_of(ids))
+
+    def _meta_at(self, positions: np.ndarray) -> list[dict | None]:
+        seg, local = self._locate(np.asarray(positions, dtype=np.int64))
+        return [self._segments[s].meta_at(int(i)) for s, i in zip(seg, local)]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to one file, atomically (format: :mod:`ahcl.index.format`)."""
+        fmt.write_index(path, self.n_bits, self._next_id, self._segments)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool | None = None, *,
+             mih: bool = False, threads: int | None = None) -> "HammingIndex":
+        """Open an index file.
+
+        Args:
+            path: file written by :meth:`save`.
+            mmap: memory-map the arrays (opens in O(1), pages load on use) instead of reading.
+            verify: check section checksums; ``None``: unless memory-mapping a file over
+                :data:`ahcl.index.format.VERIFY_LIMIT` (sizes are always checked).
+            mih, threads: as in the constructor.
+
+        Raises:
+            IndexFileError: missing, truncated, corrupted or of another format version.
+        """
+        header, segment = fmt.read_index(path, mmap=mmap, verify=verify)
+        index = cls(header["n_bits"], mih=mih, threads=threads)
+        index._next_id = int(header["next_id"])
+        if len(segment):
+            index._segments.append(segment)
+        return index
+
+
+def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    if not parts:
+        return np.empty(0, dtype=dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def search_results(index: HammingIndex, query_codes: np.ndarray, k: int) -> list[list[dict]]:
+    """:meth:`HammingIndex.search` as plain records for the CLI and the server.
+
+    Returns:
+        Per query, up to ``k`` dicts ``{"id", "distance", "label", "meta"}`` in (distance, id)
+        order (padding dropped).
+    """
+    d, p, i = index._search(query_codes, k)
+    labels = index.labels
+    out = []
+    for row_d, row_p, row_i in zip(d, p, i):
+        valid = row_p >= 0
+        metas = index._meta_at(row_p[valid])
+        out.append([{"id": int(ii), "distance": int(dd), "label": int(labels[pp]), "meta": m}
+                    for dd, pp, ii, m in zip(row_d[valid], row_p[valid], row_i[valid], metas)])
+    return out

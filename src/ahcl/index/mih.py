@@ -1,0 +1,200 @@
+"""Multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012): exact k-NN in sublinear time.
+
+Each code is cut into ``m`` disjoint substrings (each inside one 64-bit word), and each substring
+indexes a table (a counting-sorted permutation of the rows plus bucket offsets). If two codes are
+within distance ``d`` then some substring is within ``floor(d / m)``: probing substring radii
+``rho = 0, 1, ...`` in table order, once tables ``0..i`` have been probed at radius ``rho`` every
+code within ``m * rho + i`` has been seen. The search stops as soon as the ``k``-th best candidate
+is within that guaranteed radius, so every code at the k-th distance is a candidate and ties are
+broken by id exactly as in the flat scan: the results are identical.
+
+A duplicate (a row met again through another table) is recognised from its substring distances,
+without a visited set: a row was met earlier iff some substring is closer than ``rho``, or an
+earlier table's substring is at exactly ``rho``.
+
+A query whose work (buckets probed + candidates) passes ``budget`` (a fraction of ``n``) stops and
+returns ``False`` so the caller scans it flat instead: MIH never costs much more than a scan, even
+on data it does not suit.
+
+Memory added: ``m`` tables of ``4 n`` bytes (int32 row numbers) plus ``4 * 2**s`` bytes of bucket
+offsets each (``s`` = substring width, about ``log2 n``, at most 24): for 10M 64-bit codes,
+``m = 3``, ``s = 22`` this is ~170 MB beside 80 MB of codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ahcl.index.kernels import _compact, _popcount64, finish_one
+
+
+def plan_substrings(n_bits: int, n: int, width: int | None = None) -> np.ndarray:
+    """Substring layout ``int64 (m, 3)`` rows ``(word, shift, width)``, none crossing a word.
+
+    ``width`` defaults to ``round(log2 n)`` clamped to ``[8, 24]`` (Norouzi et al.'s choice).
+    """
+    if width is None:
+        width = int(min(24, max(8, round(math.log2(max(n, 2))))))
+    rows = []
+    for word in range(0, n_bits, 64):
+        bits = min(64, n_bits - word)
+        parts = max(1, math.ceil(bits / width))
+        shift = 0
+        for p in range(parts):
+            w = bits // parts + (1 if p < bits % parts else 0)
+            rows.append((word // 64, shift, w))
+            shift += w
+    return np.array(rows, dtype=np.int64)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _build(db, w, subs):
+    """Per table: ``perm int32 (n,)`` rows sorted by substring key, ``offsets int32 (2**s + 1,)``."""
+    n = db.shape[0] // w
+    m = subs.shape[0]
+    perms = np.empty((m, n), dtype=np.int32)
+    max_width = subs[:, 2].max()
+    offsets = np.zeros((m, (1 << max_width) + 1), dtype=np.int32)
+    for t in prange(m):
+        word, shift, width = subs[t, 0], subs[t, 1], subs[t, 2]
+        mask = np.uint64((1 << width) - 1)
+        off = offsets[t]
+        for j in range(n):
+            key = (db[j * w + word] >> np.uint64(shift)) & mask
+            off[key + 1] += 1
+        for b in range(1 << width):
+            off[b + 1] += off[b]
+        cursor = off[:(1 << width)].copy()
+        for j in range(n):
+            key = (db[j * w + word] >> np.uint64(shift)) & mask
+            perms[t, cursor[key]] = j
+            cursor[key] += 1
+    return perms, offsets
+
+
+@njit(cache=True, nogil=True)
+def _search_one(q, db, w, ids, subs, perms, offsets, k, n_bits, budget, out_d, out_p, out_i):
+    """Exact top-k of one query; returns False (outputs untouched) when over budget."""
+    m = subs.shape[0]
+    n = db.shape[0] // w
+    qkeys = np.empty(m, dtype=np.int64)
+    for t in range(m):
+        qkeys[t] = np.int64((q[subs[t, 0]] >> np.uint64(subs[t, 1]))
+                            & np.uint64((1 << subs[t, 2]) - 1))
+    cap = max(2 * k, k + 64)
+    bd = np.empty(cap, dtype=np.int32)
+    bp = np.empty(cap, dtype=np.int64)
+    bi = np.empty(cap, dtype=np.int64)
+    bound = np.empty(2, dtype=np.int64)
+    bound[0] = n_bits + 1
+    bound[1] = 0
+    hist = np.zeros(n_bits + 2, dtype=np.int64)  # distances of the rows in the buffer
+    cnt = 0
+    work = 0
+    seen = 0
+    sub_d = np.empty(m, dtype=np.int64)
+    min_width = subs[:, 2].min()
+    for rho in range(min_width + 1):
+        for t in range(m):
+            width = subs[t, 2]
+            full = np.int64(1) << width
+            mask = (np.int64(1) << rho) - 1  # Gosper's hack: every width-bit mask with rho ones
+            while mask < full:
+                key = qkeys[t] ^ mask
+                lo, hi = offsets[t, key], offsets[t, key + 1]
+                work += 1 + hi - lo
+                for e in range(lo, hi):
+                    j = perms[t, e]
+                    dup = False
+                    for u in range(m):
+                        x = (q[subs[u, 0]] ^ db[j * w + subs[u, 0]]) >> np.uint64(subs[u, 1])
+                        sub_d[u] = _popcount64(x & np.uint64((1 << subs[u, 2]) - 1))
+                        if sub_d[u] < rho or (u < t and sub_d[u] == rho):
+                            dup = True
+                    if dup:
+                        continue
+                    seen += 1
+                    d = np.int64(0)
+                    for c in range(w):
+                        d += _popcount64(q[c] ^ db[j * w + c])
+                    if d < bound[0] or (d == bound[0] and ids[j] < bound[1]):
+                        if cnt == cap:
+                            for e2 in range(cnt):
+                                hist[bd[e2]] -= 1
+                            cnt = _compact(k, n_bits, cnt, bd, bp, bi, bound)
+                            for e2 in range(cnt):
+                                hist[bd[e2]] += 1
+                        bd[cnt] = d
+                        bp[cnt] = j
+                        bi[cnt] = ids[j]
+                        hist[d] += 1
+                        cnt += 1
+                if work > budget:
+                    return False
+                if rho == 0:
+                    break
+                c = mask & -mask
+                r = mask + c
+                mask = (((r ^ mask) >> 2) // c) | r
+            # every row within m * rho + t is a candidate now: stop once k of them are
+            guaranteed = m * rho + t
+            within = 0
+            for dd in range(min(guaranteed, n_bits) + 1):
+                within += hist[dd]
+            if within >= k or seen == n:
+                finish_one(k, n_bits, cnt, bd, bp, bi, bound, out_d, out_p, out_i)
+                return True
+    finish_one(k, n_bits, cnt, bd, bp, bi, bound, out_d, out_p, out_i)
+    return True
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def mih_search(queries, db, ids, subs, perms, offsets, k, n_bits, budget, out_d, out_p, out_i):
+    """:func:`_search_one` for every query; returns ``bool (nq,)``, False where over budget."""
+    nq, w = queries.shape
+    done = np.zeros(nq, dtype=np.bool_)
+    for qi in prange(nq):
+        done[qi] = _search_one(queries[qi], db, w, ids, subs, perms, offsets, k, n_bits, budget,
+                               out_d[qi], out_p[qi], out_i[qi])
+    return done
+
+
+class MultiIndexHash:
+    """MIH tables over one contiguous block of codes.
+
+    Args:
+        db: ``uint64 (n * W,)`` flat rows (kept by reference, not copied).
+        n_bits: code length.
+        width: substring width (default about ``log2 n``).
+    """
+
+    def __init__(self, db: np.ndarray, n_bits: int, width: int | None = None) -> None:
+        self.n_bits = n_bits
+        self.words = (n_bits + 63) // 64
+        self.n = db.shape[0] // self.words
+        self.subs = plan_substrings(n_bits, self.n, width)
+        self.db = db
+        self.perms, self.offsets = _build(db, self.words, self.subs)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the tables add, in bytes."""
+        return int(self.perms.nbytes + self.offsets.nbytes)
+
+    def search(self, queries: np.ndarray, ids: np.ndarray, k: int, out_d: np.ndarray,
+               out_p: np.ndarray, out_i: np.ndarray, budget_fraction: float = 0.25) -> np.ndarray:
+        """Exact top-k into ``out_* (nq, k)``; returns ``bool (nq,)``: False rows need a flat scan.
+
+        Args:
+            queries: ``uint64 (nq, W)``.
+            ids: ``int64 (n,)`` ids of the rows.
+            k: neighbours per query.
+            out_d, out_p, out_i: ``int32 / int64 / int64 (nq, k)`` outputs.
+            budget_fraction: give up on a query after this fraction of ``n`` in work.
+        """
+        budget = max(1024, int(budget_fraction * self.n))
+        return mih_search(queries, self.db, ids, self.subs, self.perms, self.offsets, k,
+                          self.n_bits, budget, out_d, out_p, out_i)

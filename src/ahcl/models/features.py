@@ -129,6 +129,10 @@ class FeatureCache:
         cache_dir: root folder; this cache lives in a subfolder named after ``cache_key``.
         cache_key: what the stored features depend on (``Backbone.cache_key``).
         feature_dim: length of every stored vector.
+
+    Attributes:
+        path: the folder of this ``cache_key``.
+        n_bad_records: records skipped so far because their checksum failed.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, cache_key: str, feature_dim: int) -> None:
@@ -209,18 +213,12 @@ class FeatureCache:
                              f"got {features.shape}")
         if not digests:
             return
-        records = np.zeros(len(digests), dtype=self._dtype)
-        records["key"] = np.frombuffer(b"".join(digests), dtype=f"V{KEY_SIZE}")
-        records["feat"] = features
-        raw = memoryview(records.tobytes())
-        size = self._dtype.itemsize
-        records["crc"] = [zlib.crc32(raw[i * size:(i + 1) * size - 4]) for i in range(len(records))]
+        data = memoryview(self._encode(digests, features))
         with self._lock:
             fd = self._writer_fd()
-            data = memoryview(records.tobytes())
             while data:
                 data = data[os.write(fd, data):]
-            for d, row in zip(digests, records["feat"].astype(np.float32)):
+            for d, row in zip(digests, features.astype(np.float32)):
                 self._store.setdefault(d, row)
 
     def refresh(self) -> None:
@@ -255,17 +253,11 @@ class FeatureCache:
                 self._refresh()  # every locked segment is now complete and read to its end
                 merged = self.path / f"seg-{os.getpid()}-{uuid.uuid4().hex[:12]}.bin"
                 digests = sorted(self._store)
-                records = np.zeros(len(digests), dtype=self._dtype)
-                records["key"] = np.frombuffer(b"".join(digests), dtype=f"V{KEY_SIZE}")
-                records["feat"] = np.stack([self._store[d] for d in digests])
-                raw = memoryview(records.tobytes())
-                size = self._dtype.itemsize
-                records["crc"] = [zlib.crc32(raw[i * size:(i + 1) * size - 4])
-                                  for i in range(len(records))]
+                data = self._encode(digests, np.stack([self._store[d] for d in digests]))
                 with atomic_write(merged) as f:
                     f.write(_header(self.feature_dim))
-                    f.write(records.tobytes())
-                self._offsets[merged.name] = HEADER_SIZE + len(records) * size
+                    f.write(data)
+                self._offsets[merged.name] = HEADER_SIZE + len(data)
                 for path, _ in locked:
                     path.unlink(missing_ok=True)
                     self._offsets.pop(path.name, None)
@@ -273,6 +265,16 @@ class FeatureCache:
             finally:
                 for _, fd in locked:
                     os.close(fd)
+
+    def _encode(self, digests: list[bytes], features: np.ndarray) -> bytes:
+        """Records (key, features, crc32) of ``features`` ``float (n, feature_dim)``, as bytes."""
+        records = np.zeros(len(digests), dtype=self._dtype)
+        records["key"] = np.frombuffer(b"".join(digests), dtype=f"V{KEY_SIZE}")
+        records["feat"] = features
+        raw = memoryview(records.tobytes())
+        size = self._dtype.itemsize
+        records["crc"] = [zlib.crc32(raw[i * size:(i + 1) * size - 4]) for i in range(len(digests))]
+        return records.tobytes()
 
     def _writer_fd(self) -> int:
         # A forked child (DataLoader worker, multiprocessing) must not append to its parent's segment.
@@ -322,14 +324,16 @@ class FeatureCache:
         records = np.frombuffer(data, dtype=self._dtype, count=n)
         size = self._dtype.itemsize
         feats = records["feat"].astype(np.float32)
+        bad = 0
         for i in range(n):
             if zlib.crc32(data[i * size:(i + 1) * size - 4]) != records["crc"][i]:
-                self.n_bad_records += 1
+                bad += 1
                 continue
             self._store.setdefault(records["key"][i].tobytes(), feats[i])
-        if self.n_bad_records:
-            logger.debug("feature cache %s: %d corrupt records skipped", self.path,
-                         self.n_bad_records)
+        if bad:
+            self.n_bad_records += bad
+            logger.warning("feature cache %s: skipped %d corrupt records (they will be recomputed)",
+                           self.path, bad)
 
 
 def _try_lock(path: Path) -> int | None:

@@ -122,8 +122,7 @@ def _write_array(f: IO[bytes], pieces: Iterable[np.ndarray | bytes], section: di
     f.seek(section["offset"])
     crc, written = 0, 0
     for piece in pieces:
-        raw = memoryview(np.ascontiguousarray(piece)).cast("B") if isinstance(piece, np.ndarray) \
-            else memoryview(piece)
+        raw = _bytes_view(piece) if isinstance(piece, np.ndarray) else memoryview(piece)
         for lo in range(0, len(raw), _CHUNK_BYTES):
             part = raw[lo:lo + _CHUNK_BYTES]
             f.write(part)
@@ -222,8 +221,13 @@ def _section(path: Path, sec: dict, mmap: bool) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def _bytes_view(arr: np.ndarray) -> memoryview:
+    """The raw bytes of ``arr`` (no copy when contiguous; fine for empty arrays)."""
+    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+
+
 def _crc(arr: np.ndarray) -> int:
-    raw = memoryview(np.ascontiguousarray(arr)).cast("B")
+    raw = _bytes_view(arr)
     crc = 0
     for lo in range(0, len(raw), _CHUNK_BYTES):
         crc = zlib.crc32(raw[lo:lo + _CHUNK_BYTES], crc)

@@ -195,6 +195,6 @@ class MultiIndexHash:
             out_d, out_p, out_i: ``int32 / int64 / int64 (nq, k)`` outputs.
             budget_fraction: give up on a query after this fraction of ``n`` in work.
         """
-        budget = max(1024, int(budget_fraction * self.n))
+        budget = int(budget_fraction * self.n) + 256
         return mih_search(queries, self.db, ids, self.subs, self.perms, self.offsets, k,
                           self.n_bits, budget, out_d, out_p, out_i)

@@ -1,0 +1,115 @@
+"""``ahcl index``: build, extend and inspect Hamming index files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ahcl.cli._common import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build, extend and inspect Hamming index files",
+                       description="Hamming index files: one checksummed file of packed codes, "
+                                   "ids, labels and per-item metadata.")
+    verbs = p.add_subparsers(dest="index_verb", metavar="SUBCOMMAND")
+
+    info = verbs.add_parser("info", help="describe an index file")
+    info.add_argument("index", metavar="INDEX")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=info_cmd)
+
+    build = verbs.add_parser("build", help="index a run's database codes")
+    build.add_argument("run", metavar="RUN")
+    build.add_argument("--out", required=True, metavar="INDEX")
+    build.add_argument("--json", action="store_true")
+    build.set_defaults(func=build_cmd)
+
+    add = verbs.add_parser("add", help="encode images with a run and add them to an index")
+    add.add_argument("index", metavar="INDEX")
+    add.add_argument("images", nargs="+", metavar="IMAGE")
+    add.add_argument("--run", required=True, metavar="RUN", help="the run that encodes the images")
+    add.add_argument("--label", metavar="NAME",
+                     help="class of the images: uses the run's database-code step for them "
+                          "(without it they get network codes and label -1)")
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(func=add_cmd)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def info_cmd(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ahcl.index import HammingIndex
+    from ahcl.index.format import read_header
+
+    header = read_header(args.index)
+    index = HammingIndex.load(args.index, mmap=True, verify=True)
+    labels = np.asarray(index.labels)
+    known = labels[labels >= 0]
+    summary = {
+        "path": str(Path(args.index).resolve()),
+        "format_version": header["version"],
+        "n_bits": index.n_bits,
+        "n": len(index),
+        "next_id": header["next_id"],
+        "file_bytes": header["file_size"],
+        "labelled": int(known.shape[0]),
+        "classes": int(np.unique(known).shape[0]),
+        "with_meta": header["sections"]["meta_blob"]["nbytes"] > 0,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        for key, value in summary.items():
+            print(f"{key:15s} {value}")
+    return 0
+
+
+def build_cmd(args: argparse.Namespace) -> int:
+    from ahcl.index import HammingIndex
+    from ahcl.run import load_run
+
+    run = load_run(args.run)
+    index = HammingIndex(run.n_bits)
+    ids = index.add(run.db_codes, labels=run.db_labels,
+                    meta=[{"path": str(p)} for p in run.db_paths])
+    index.save(args.out)
+    _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index)})
+    return 0
+
+
+def add_cmd(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ahcl.errors import AhclError
+    from ahcl.index import HammingIndex
+    from ahcl.run import load_run
+
+    index = HammingIndex.load(args.index)
+    run = load_run(args.run)
+    if run.n_bits != index.n_bits:
+        raise AhclError(f"run {args.run} makes {run.n_bits}-bit codes but {args.index} holds "
+                        f"{index.n_bits}-bit codes; use the run the index was built from")
+    paths = [str(Path(p).resolve()) for p in args.images]
+    if args.label is None:
+        labels = np.full(len(paths), -1, dtype=np.int64)
+        codes = run.encode(paths)
+    else:
+        if args.label not in run.classes:
+            raise AhclError(f"unknown class {args.label!r}; the run's classes are: "
+                            + ", ".join(run.classes))
+        labels = np.full(len(paths), run.classes.index(args.label), dtype=np.int64)
+        codes = run.codes_for_labelled(paths, labels)
+    ids = index.add(codes, labels=labels, meta=[{"path": p} for p in paths])
+    index.save(args.index)
+    _report(args, {"index": str(args.index), "added": int(ids.shape[0]), "n": len(index),
+                   "ids": [int(i) for i in ids]})
+    return 0
+
+
+def _report(args: argparse.Namespace, result: dict) -> None:
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['index']}: added {result['added']} codes, {result['n']} in the index")

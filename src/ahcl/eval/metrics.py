@@ -18,10 +18,11 @@ Conventions (every number in :class:`RetrievalReport` follows them):
   distance ``<= r``; precision of an empty retrieved set is 0 (as in DPSH/HashNet's "precision
   within Hamming radius 2"). Both curves are means over all queries.
 
-Cost: one pass of popcount, one radix argsort (numpy's stable sort on ``uint8``/``uint16``
-distances is a counting sort, O(n) per query) and a few ``O(n)`` passes per query, in blocks of
-queries so memory stays bounded. Tie-aware AP, the PR curve and radius precision only need the
-per-distance counts of all and of relevant items.
+Cost: per query one popcount pass, one radix argsort (numpy's stable sort of ``uint8``/``uint16``
+distances is a counting sort, O(n)), one label gather and one ``flatnonzero``; everything else
+works on the relevant items only. Queries go in blocks so memory stays bounded. Tie-aware AP, the
+PR curve and radius precision need only per-distance counts of all and of relevant items; the
+counts of all items come out of the sort itself through one marker item per distance.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from ahcl.index.hamming import as_words, distance_block
 from ahcl.index.packing import as_packed
 
 DEFAULT_CURVE_KS = (1, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
-_CHUNK_BYTES = 48 << 20  # working memory per block of queries (about 20 bytes per pair)
+# Working memory per block of queries (about 20 bytes per pair): small blocks stay in cache.
+_CHUNK_BYTES = 8 << 20
 
 
 class EvaluationError(AhclError, ValueError):
@@ -132,7 +134,7 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
         topk: the ks of ``map_at`` / ``precision_at`` / ``recall_at`` (each ``>= 1``).
         radius: Hamming radius of ``precision_at_radius`` (clipped to ``n_bits``).
         curve_ks: ks of ``precision_curve``; default :data:`DEFAULT_CURVE_KS` (those ``<= n``).
-        chunk: queries per block (default: about 48 MB of working memory per block).
+        chunk: queries per block (default: about 8 MB of working memory per block).
 
     Returns:
         A :class:`RetrievalReport`. Queries with no relevant item count with AP = 0 (they are
@@ -149,7 +151,7 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
     if nq == 0 or n == 0 or n_bits == 0:
         raise EvaluationError(f"need at least one query, one database item and 8 bits, got "
                               f"{nq} queries, {n} database items, {n_bits} bits")
-    relevance = _Relevance(query_labels, db_labels, nq, n)
+    relevance = _Relevance(query_labels, db_labels, nq, n, n_bits + 1)
     ks = _check_ks(topk, "topk")
     cks = [k for k in (_check_ks(curve_ks, "curve_ks") if curve_ks is not None
                        else DEFAULT_CURVE_KS) if k <= n]
@@ -160,15 +162,20 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
     acc = _Accumulator(n, n_bits, np.array(ks + cks, dtype=np.int64))
     if chunk is None:
         chunk = max(1, min(nq, _CHUNK_BYTES // (20 * n)))
+    chunk = min(chunk, nq)
     qw, dw = as_words(qc), as_words(dc)
-    dist_dtype = np.uint8 if n_bits <= 255 else np.uint16
-    scratch = np.empty((min(chunk, nq), n), dtype=qw.dtype)
-    dist_buf = np.empty((min(chunk, nq), n), dtype=dist_dtype)
+    levels = n_bits + 1
+    # Each row gets one marker item per distance r (index n + r, distance r) after the database:
+    # the stable sort puts marker r last in bucket r, so the sorted order itself tells where
+    # each bucket ends and no separate histogram pass over all pairs is needed.
+    dist = np.empty((chunk, n + levels), dtype=np.uint8 if n_bits <= 255 else np.uint16)
+    dist[:, n:] = np.arange(levels)
+    scratch = np.empty((chunk, n), dtype=qw.dtype)
     for start in progress(range(0, nq, chunk), total=-(-nq // chunk), desc="evaluate"):
         stop = min(start + chunk, nq)
-        dist = distance_block(qw[start:stop], dw, dist_buf[:stop - start],
-                              scratch[:stop - start])
-        acc.add(dist, relevance.ranked(start, stop, dist))
+        c = stop - start
+        distance_block(qw[start:stop], dw, dist[:c, :n], scratch[:c])
+        acc.add(c, *relevance.ranked(start, stop, dist[:c]))
 
     return acc.report(ks, cks, radius, nq)
 
@@ -188,9 +195,10 @@ def _check_ks(ks: Sequence[int], name: str) -> list[int]:
 
 
 class _Relevance:
-    """Relevance of database items to a block of queries, in ranked order."""
+    """Relevant items and bucket markers of a block of queries, in ranked order."""
 
-    def __init__(self, query_labels: np.ndarray, db_labels: np.ndarray, nq: int, n: int) -> None:
+    def __init__(self, query_labels: np.ndarray, db_labels: np.ndarray, nq: int, n: int,
+                 levels: int) -> None:
         ql, dl = np.asarray(query_labels), np.asarray(db_labels)
         if ql.ndim != dl.ndim or ql.ndim not in (1, 2):
             raise EvaluationError(f"labels must be int (n,) class ids or multi-hot (n, K), both "
@@ -205,38 +213,46 @@ class _Relevance:
                                       f"and {dl.shape[1]} for the database")
             # float32 matmul counts shared labels exactly (K < 2**24) and uses BLAS.
             self.ql, self.dl = (ql != 0).astype(np.float32), (dl != 0).astype(np.float32).T
+            self.levels = levels
             return
         if not (np.issubdtype(ql.dtype, np.integer) and np.issubdtype(dl.dtype, np.integer)):
             raise EvaluationError(f"class-id labels must be integers, got {ql.dtype} and "
                                   f"{dl.dtype}; use multi-hot (n, K) for multi-label data")
-        # Map to dense ids in the smallest dtype so the per-pair label gather is cheap; query
-        # classes absent from the database get an id that matches nothing.
+        # Dense ids in the smallest dtype keep the per-pair label gather cheap. Query classes
+        # absent from the database get id n_classes (matches nothing); markers get n_classes + 1.
         classes, dense = np.unique(dl, return_inverse=True)
-        small = np.min_scalar_type(len(classes))
+        small = np.min_scalar_type(len(classes) + 1)
         pos = np.searchsorted(classes, ql)
         found = (pos < len(classes)) & (classes[np.minimum(pos, len(classes) - 1)] == ql)
-        self.dl = dense.astype(small)
-        self.ql = np.where(found, pos, len(classes)).astype(np.min_scalar_type(len(classes)))
+        self.marker = len(classes) + 1
+        self.dl = np.concatenate([dense, np.full(levels, self.marker)]).astype(small)
+        self.ql = np.where(found, pos, len(classes)).astype(small)
 
-    def ranked(self, start: int, stop: int, dist: np.ndarray) -> np.ndarray:
-        """Flat positions ``row * n + rank`` of relevant items in the stable (distance, index) order.
+    def ranked(self, start: int, stop: int, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of relevant items and markers in the stable (distance, index) order.
 
         Args:
             start, stop: the query block.
-            dist: ``(stop - start, n)`` distances of that block.
+            dist: ``(c, n + levels)`` distances of the block, the markers in the last columns.
 
         Returns:
-            ``int64`` sorted flat positions (rank is 0-based).
+            ``(flat, is_marker)``: sorted ``int64`` positions ``row * (n + levels) + position``
+            of every relevant item and marker, and ``bool`` flags telling markers apart.
         """
         # Stable sort of small unsigned ints is numpy's radix sort: O(n), ties by index.
         order = np.argsort(dist, axis=1, kind="stable")
         if self.multi_hot:
-            rel = (self.ql[start:stop] @ self.dl) > 0
-            rel_sorted = np.take_along_axis(rel, order, axis=1)
-        else:
-            rel_sorted = np.take(self.dl, order)
-            rel_sorted = rel_sorted == self.ql[start:stop, None]
-        return np.flatnonzero(rel_sorted)
+            n = self.dl.shape[1]
+            kind = np.full(dist.shape, 2, dtype=np.uint8)  # 0 other, 1 relevant, 2 marker
+            kind[:, :n] = (self.ql[start:stop] @ self.dl) > 0
+            kind = np.take_along_axis(kind, order, axis=1)
+            flat = np.flatnonzero(kind)
+            return flat, kind.ravel()[flat] == 2
+        label = np.take(self.dl, order)
+        keep = label == self.ql[start:stop, None]
+        keep |= label == self.marker
+        flat = np.flatnonzero(keep)
+        return flat, label.ravel()[flat] == self.marker
 
 
 class _Accumulator:
@@ -255,10 +271,20 @@ class _Accumulator:
         self.pr_recall = np.zeros(self.levels)
         self.no_relevant = 0
 
-    def add(self, dist: np.ndarray, flat: np.ndarray) -> None:
-        """Add a block: ``dist (c, n)`` distances, ``flat`` from :meth:`_Relevance.ranked`."""
-        c, n, levels = dist.shape[0], self.n, self.levels
-        rows, rank = np.divmod(flat, n)
+    def add(self, c: int, flat: np.ndarray, is_marker: np.ndarray) -> None:
+        """Add a block of ``c`` queries from :meth:`_Relevance.ranked`."""
+        n, levels = self.n, self.levels
+        rows_all, pos = np.divmod(flat, n + levels)
+        # Markers before an entry in its row = its bucket (distance); every row has `levels`.
+        markers_before = np.cumsum(is_marker) - is_marker - rows_all * levels
+        is_rel = ~is_marker
+        rows, bucket = rows_all[is_rel], markers_before[is_rel]
+        rank = pos[is_rel] - bucket
+        flat = rows * n + rank  # positions without markers, still sorted
+        # Marker r sits after the items at distance <= r and after markers 0..r-1.
+        cum_total = (pos[is_marker] - np.tile(np.arange(levels), c)).reshape(c, levels)
+        total = np.diff(cum_total, axis=1, prepend=0)
+
         n_rel = np.bincount(rows, minlength=c)
         first = np.cumsum(n_rel) - n_rel
         # m-th relevant item (0-based) at 0-based rank p contributes precision (m + 1) / (p + 1).
@@ -278,14 +304,7 @@ class _Accumulator:
         self.hits_at += hits.sum(axis=0)
         self.recall_at += np.sum(hits / safe_rel[:, None], axis=0)
 
-        # Per-distance counts of all items and of relevant items.
-        total = np.empty((c, levels), dtype=np.int64)
-        for i in range(c):
-            total[i] = np.bincount(dist[i], minlength=levels)
-        cum_total = np.cumsum(total, axis=1)
-        # Bucket of a relevant item = first distance whose cumulative count exceeds its rank.
-        bounds = (cum_total + np.arange(c)[:, None] * (n + 1)).ravel()
-        bucket = np.searchsorted(bounds, rows * (n + 1) + rank, side="right") - rows * levels
+        # Per-distance counts of relevant items.
         rel_count = np.bincount(rows * levels + bucket, minlength=c * levels).reshape(c, levels)
         cum_rel = np.cumsum(rel_count, axis=1)
 

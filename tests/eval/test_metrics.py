@@ -322,6 +322,7 @@ def test_to_dict_is_json_safe() -> None:
     (dict(query_labels=np.array([0.5])), "integers"),
     (dict(topk=(0, 3)), "positive"),
     (dict(radius=-1), "radius"),
+    (dict(chunk=0), "chunk"),
     (dict(query_codes=np.zeros((0, 1), np.uint8), query_labels=np.zeros(0, int)), "at least"),
 ])
 def test_bad_inputs_raise_one_clear_error(kwargs: dict, match: str) -> None:

@@ -141,7 +141,8 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
         not skipped) and are counted in ``n_queries_without_relevant``.
 
     Raises:
-        EvaluationError: empty inputs, mismatched code widths, label shapes or kinds.
+        EvaluationError: empty inputs, mismatched code widths, label shapes or kinds, or a
+            bad ``topk`` / ``curve_ks`` / ``radius`` / ``chunk``.
     """
     qc, dc = _packed(query_codes, "query_codes"), _packed(db_codes, "db_codes")
     if qc.shape[1] != dc.shape[1]:
@@ -161,7 +162,9 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
 
     acc = _Accumulator(n, n_bits, np.array(ks + cks, dtype=np.int64))
     if chunk is None:
-        chunk = max(1, min(nq, _CHUNK_BYTES // (20 * n)))
+        chunk = max(1, _CHUNK_BYTES // (20 * n))
+    if chunk < 1:
+        raise EvaluationError(f"chunk must be >= 1 queries, got {chunk}")
     chunk = min(chunk, nq)
     qw, dw = as_words(qc), as_words(dc)
     levels = n_bits + 1

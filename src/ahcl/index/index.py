@@ -261,8 +261,9 @@ class HammingIndex:
                 out_d[todo], out_p[todo], out_i[todo] = d, p, i
         return out_d, out_p, out_i
 
-    def _flat(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _flat(self, q: np.ndarray, k_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         nq = q.shape[0]
+        k = max(1, min(k_out, len(self)))  # buffers sized by what exists, then padded to k_out
         cap = max(2 * k, k + 4 * kernels.GROUP)
         buf_d = np.empty((nq, cap), dtype=np.int32)
         buf_p = np.empty((nq, cap), dtype=np.int64)
@@ -279,6 +280,11 @@ class HammingIndex:
         out_p = np.empty((nq, k), dtype=np.int64)
         out_i = np.empty((nq, k), dtype=np.int64)
         kernels.topk_finish(k, self.n_bits, buf_d, buf_p, buf_i, buf_n, bound, out_d, out_p, out_i)
+        if k < k_out:
+            pad = ((0, 0), (0, k_out - k))
+            out_d = np.pad(out_d, pad, constant_values=self.n_bits + 1)
+            out_p, out_i = np.pad(out_p, pad, constant_values=-1), np.pad(out_i, pad,
+                                                                        constant_values=-1)
         return out_d, out_p, out_i
 
     def range_search(self, query_codes: np.ndarray, radius: int

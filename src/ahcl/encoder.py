@@ -87,3 +87,21 @@ class Encoder:
     def encode(self, paths: Sequence[str | Path]) -> np.ndarray:
         """Codes ``sign(u)`` (sign(0) = +1), packed uint8 (len(paths), n_bits/8)."""
         return pack_codes(self.encode_u(paths))
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Codes of in-memory RGB PIL images (uploads; the feature cache is not used).
+
+        Returns:
+            packed uint8 (len(images), n_bits/8).
+        """
+        backbone = self.backbone if self.backbone is not None else self.net.backbone
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.stack([backbone.transform(img.convert("RGB"))
+                                 for img in images[start:start + self.batch_size]])
+            feats = backbone.forward_features(batch) if self.backbone is not None else batch
+            out.append(self.net.forward_head(feats)[0].numpy() if self.backbone is not None
+                       else self.net(batch)[0].numpy())
+        n_bits = self.net.classifier.in_features
+        return pack_codes(np.concatenate(out) if out else np.zeros((0, n_bits), np.float32))

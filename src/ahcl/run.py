@@ -98,6 +98,10 @@ class Run:
         """Network codes ``sign(u)`` of images: packed uint8 (len(paths), n_bits/8)."""
         return self.encoder().encode(paths)
 
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Network codes of in-memory RGB PIL images: packed uint8 (len(images), n_bits/8)."""
+        return self.encoder().encode_images(images)
+
     def codes_for_labelled(self, paths: Sequence[str | Path], labels: np.ndarray) -> np.ndarray:
         """Database codes for new labelled images: the code step for those rows alone.
 

@@ -56,6 +56,7 @@ class AHCLParams:
         lr_milestones: outer iterations where the learning rate drops.
         weight_decay: L2 weight decay.
         hidden: width of an MLP layer before the hash layer (0: none).
+        dropout: dropout on the features entering the hash head during the network step.
         code_sweeps: passes over all bits in each database-code step.
         seed: seeds V's initialisation, the network's initialisation, Ω and the shuffles.
     """
@@ -73,6 +74,7 @@ class AHCLParams:
     lr_milestones: tuple[int, ...] = (10, 20)
     weight_decay: float = 5e-4
     hidden: int = 512
+    dropout: float = 0.0
     code_sweeps: int = 1
     seed: int = 0
 
@@ -130,7 +132,8 @@ class AHCL:
         """A freshly initialised :class:`HashNet` (initialisation seeded, global RNG restored)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.params.seed)
-            return HashNet(in_dim, self.params.n_bits, n_classes, self.params.hidden, backbone)
+            return HashNet(in_dim, self.params.n_bits, n_classes, self.params.hidden, backbone,
+                           self.params.dropout)
 
     def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         p = self.params
@@ -191,7 +194,11 @@ class AHCL:
             r = dissimilar_weight(labels[omega], counts, p.similarity)
             for group in opt.param_groups:
                 group["lr"] = self._lr_at(t)
-            losses = self._network_step(net, opt, feeder, labels, V, omega, r, K, rng)
+            with torch.random.fork_rng(devices=[]):
+                # Dropout draws from torch's global RNG: seed it per iteration (so a resumed run
+                # draws the same masks) and restore the caller's state afterwards.
+                torch.manual_seed(int(rng.integers(2**62)))
+                losses = self._network_step(net, opt, feeder, labels, V, omega, r, K, rng)
             U = self._outputs(net, feeder, omega)
             V_before = V.copy()
             code_step(V, U, omega, labels, K, r, p.lam, sweeps=p.code_sweeps)

@@ -17,14 +17,15 @@ class HashNet(nn.Module):
         n_bits: code length ``c``.
         n_classes: number of classes ``K`` of the classifier on ``u``.
         hidden: width of the optional MLP layer before the hash layer (0: none).
+        dropout: dropout on the features entering the head (training only; 0: none).
         backbone: trainable backbone for finetune mode.
     """
 
     def __init__(self, in_dim: int, n_bits: int, n_classes: int, hidden: int = 0,
-                 backbone: nn.Module | None = None) -> None:
+                 backbone: nn.Module | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
         if hidden:
             layers += [nn.Linear(in_dim, hidden), nn.ReLU()]
         layers.append(nn.Linear(hidden or in_dim, n_bits))

@@ -46,3 +46,28 @@ def mobilenet_weights() -> Path:
         pytest.skip(f"{path} missing: copy ../shared/weights/{MOBILENET_FILE} there "
                     "(see ../shared/weights/README.md; .ci/run does it)")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the feature cache and dataset root of the whole test session in a temp folder."""
+    saved = {k: os.environ.get(k) for k in ("AHCL_CACHE", "AHCL_DATA")}
+    os.environ["AHCL_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+    os.environ["AHCL_DATA"] = str(tmp_path_factory.mktemp("datasets"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def synthetic_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 classes × 12 synthetic scenes of 32 px (seed 0), shared by the whole session."""
+    from ahcl.data.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("scenes") / "syn", per_class=12,
+                                   size=32, seed=0,
+                                   classes=["water", "forest", "farmland", "residential",
+                                            "roads", "parking"])

@@ -270,5 +270,6 @@ def test_finetune_mode_end_to_end(synthetic_scenes, tmp_path, capsys):
     assert trained.keys() == fresh.keys()
     assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)  # the backbone was trained
     np.testing.assert_array_equal(run.encode(run.db_paths[:3]).shape, (3, 2))
+    capsys.readouterr()
     assert main(["evaluate", str(out), "--json"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["map"] <= 1

@@ -1,0 +1,46 @@
+"""``ahcl serve``: the query-by-image web service over a run or an index."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve query-by-image search over HTTP (API and web page)",
+                       description="Serve a run folder (or an index file with --run) over HTTP: "
+                                   "the web page at /, the API under /api, its docs at /docs.")
+    p.add_argument("source", metavar="RUN_OR_INDEX")
+    p.add_argument("--run", metavar="RUN", help="the run that encodes queries (for an index)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--token", help="bearer token for writes (default $AHCL_TOKEN)")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="allow adding/removing items without a token (loopback hosts only)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="largest request body in MiB (default 20)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="largest image, width x height (default 40000000)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ahcl.errors import AhclError
+    from ahcl.serve.app import ServeSettings, create_app, is_loopback
+    from ahcl.serve.store import Archive
+
+    token = args.token or os.environ.get("AHCL_TOKEN") or None
+    if args.allow_writes and not token and not is_loopback(args.host):
+        raise AhclError(f"--allow-writes without a token only works on a loopback host, not "
+                        f"{args.host}: set --token (or AHCL_TOKEN), or bind 127.0.0.1")
+    if not 0 <= args.port <= 65535:
+        raise AhclError(f"--port must be in [0, 65535], got {args.port}")
+    settings = ServeSettings(host=args.host, token=token, allow_writes=args.allow_writes,
+                             max_upload_bytes=int(args.max_upload_mb * 2**20),
+                             max_pixels=args.max_pixels)
+    archive = Archive.open(args.source, run=args.run)
+    import uvicorn
+
+    uvicorn.run(create_app(archive, settings), host=args.host, port=args.port,
+                log_level="info" if args.verbose else "warning")
+    return 0

@@ -1,0 +1,403 @@
+"""The archive a server searches: a :class:`~ahcl.index.HammingIndex`, the run that encodes
+queries, and a folder of uploaded images, changed only under one lock and persisted atomically.
+
+Layout on disk::
+
+    RUN/archive.index        the index (written on the first change; until then the run's
+                             database codes are indexed in memory)
+    RUN/archive.images/      uploaded images, named by the sha256 of their bytes
+
+or, serving an index file ``X.index`` built by ``ahcl index build``, ``X.index`` itself and
+``X.images/`` beside it (the run that encodes queries is then given separately).
+
+Every item carries meta ``{"path": absolute path}``; uploads add ``"sha256"``. Item ids are the
+index's int64 ids and are never reused, so a thumbnail cached by id never goes stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ahcl._io import atomic_write_bytes
+from ahcl.data.images import ImageReadError, load_rgb
+from ahcl.errors import AhclError
+from ahcl.index import HammingIndex, search_results
+from ahcl.index import format as index_format
+from ahcl.run import Run, load_run
+
+#: Name of the index file written inside a run folder on the first change.
+ARCHIVE_INDEX = "archive.index"
+_FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp",
+                  "GIF": ".gif"}
+
+
+class UploadError(AhclError):
+    """An uploaded file is rejected; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UnknownItemError(AhclError, KeyError):
+    """No archive item has this id."""
+
+
+@dataclass
+class Upload:
+    """A validated, decoded upload.
+
+    Attributes:
+        data: the file's bytes as sent.
+        image: the decoded RGB image.
+        suffix: file name ending for its format (``.jpg``, ``.png``, ...).
+        sha256: hex digest of ``data``.
+    """
+
+    data: bytes
+    image: Image.Image
+    suffix: str
+    sha256: str
+
+
+def decode_upload(data: bytes, max_pixels: int) -> Upload:
+    """Check and decode uploaded bytes without trusting their size or format.
+
+    The pixel count is read from the header (Pillow, or tifffile for TIFFs Pillow cannot open)
+    and compared with ``max_pixels`` before anything is decoded, so a decompression bomb is
+    refused without allocating its pixels; nothing global (``Image.MAX_IMAGE_PIXELS``) changes.
+
+    Raises:
+        UploadError: 415 not an image; 400 over ``max_pixels``, a bomb, truncated or corrupt.
+    """
+    if not data:
+        raise UploadError("the upload is empty: send an image file", 415)
+    width, height, fmt = _probe(data)
+    if width * height > max_pixels:
+        raise UploadError(f"image is {width}x{height} = {width * height} pixels, over the limit "
+                          f"of {max_pixels}: downscale it first", 400)
+    suffix = _FORMAT_SUFFIX.get(fmt, ".img")
+    try:
+        image = load_rgb(f"upload{suffix}", data=data)
+    except Image.DecompressionBombError as exc:
+        raise UploadError(f"image refused: {exc}", 400) from None
+    except ImageReadError as exc:
+        raise UploadError(str(exc).replace("cannot read image upload", "cannot read the image")
+                          + " (truncated or corrupt?)", 400) from None
+    if image.width * image.height > max_pixels:  # e.g. a TIFF series larger than its first page
+        raise UploadError(f"image has {image.width * image.height} pixels, over the limit of "
+                          f"{max_pixels}", 400)
+    return Upload(data, image, suffix, hashlib.sha256(data).hexdigest())
+
+
+def _probe(data: bytes) -> tuple[int, int, str]:
+    """``(width, height, format)`` from the header only; raises UploadError(415) if no image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.width), int(img.height), str(img.format)
+    except Image.DecompressionBombError as exc:
+        raise UploadError(f"image refused: {exc}", 400) from None
+    except Exception:  # noqa: BLE001 - any failure to identify: try tifffile, then refuse
+        pass
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            return int(page.imagewidth), int(page.imagelength), "TIFF"
+    except Exception:  # noqa: BLE001
+        raise UploadError("the upload is not an image (or a format this server cannot read): "
+                          "send JPEG, PNG, TIFF, BMP or WebP", 415) from None
+
+
+class Archive:
+    """A searchable, writable image archive (thread-safe).
+
+    Args:
+        run: the run whose network encodes queries and uploads.
+        index: the index of archive codes (meta ``{"path"}`` per item).
+        index_path: where changes are saved (atomically).
+        images_dir: where uploaded images are stored.
+        thumb_size: longest side of thumbnails, pixels.
+        thumb_cache: thumbnails kept in memory (least recently used dropped first).
+    """
+
+    def __init__(self, run: Run, index: HammingIndex, index_path: Path, images_dir: Path, *,
+                 thumb_size: int = 160, thumb_cache: int = 4096) -> None:
+        if index.n_bits != run.n_bits:
+            raise AhclError(f"{index_path} holds {index.n_bits}-bit codes but run {run.path} "
+                            f"makes {run.n_bits}-bit codes: serve it with the run it was built from")
+        self.run = run
+        self.index = index
+        self.index_path = Path(index_path)
+        self.images_dir = Path(images_dir)
+        self.thumb_size = int(thumb_size)
+        self.revision = 0  # bumped on every change this process makes
+        self._lock = threading.RLock()
+        self._encode_lock = threading.Lock()  # one forward pass at a time: no CPU oversubscription
+        self._thumbs: OrderedDict[int, bytes] = OrderedDict()
+        self._thumb_cap = int(thumb_cache)
+        self._thumb_lock = threading.Lock()
+        self.run.encoder()  # build now: the first query should not pay for it
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, source: str | Path, run: str | Path | None = None, **kwargs: Any) -> "Archive":
+        """Open a run folder or an index file (which needs ``run``) as an archive.
+
+        Raises:
+            AhclError: missing run for an index, unreadable files, or mismatched code lengths.
+        """
+        source = Path(source)
+        if source.is_dir():
+            the_run = load_run(run if run is not None else source)
+            index_path = source / ARCHIVE_INDEX
+            if index_path.is_file():
+                index = HammingIndex.load(index_path)
+            else:
+                index = HammingIndex(the_run.n_bits)
+                index.add(the_run.db_codes, labels=the_run.db_labels,
+                          meta=[{"path": p} for p in the_run.db_paths])
+            return cls(the_run, index, index_path, source / "archive.images", **kwargs)
+        if not source.is_file():
+            raise AhclError(f"{source} is neither a run folder nor an index file")
+        if run is None:
+            raise AhclError(f"serving the index {source} needs --run RUN, the run that encodes "
+                            "queries (or serve the run folder itself)")
+        return cls(load_run(run), HammingIndex.load(source), source,
+                   source.with_suffix(".images"), **kwargs)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def classes(self) -> list[str]:
+        return self.run.classes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.index)
+
+    def class_name(self, label: int) -> str | None:
+        return self.classes[label] if 0 <= label < len(self.classes) else None
+
+    def item(self, item_id: int) -> dict[str, Any]:
+        """``{"id", "label", "class", "uploaded"}`` of one item (no file path).
+
+        Raises:
+            UnknownItemError: no such id.
+        """
+        with self._lock:
+            label, meta = self._lookup(item_id)
+        return self._record(item_id, label, meta)
+
+    def _lookup(self, item_id: int) -> tuple[int, dict]:
+        try:
+            label = int(self.index.labels_of([item_id])[0])
+            meta = self.index.meta_of([item_id])[0] or {}
+        except (ValueError, OverflowError):
+            raise UnknownItemError(f"no archive item has id {item_id}") from None
+        return label, meta
+
+    def _record(self, item_id: int, label: int, meta: dict | None) -> dict[str, Any]:
+        return {"id": int(item_id), "label": int(label), "class": self.class_name(int(label)),
+                "uploaded": "sha256" in (meta or {})}
+
+    def items(self, label: int | None = None, offset: int = 0, limit: int = 60
+              ) -> tuple[int, list[dict[str, Any]]]:
+        """Items in id order, optionally of one label: ``(total matching, page of records)``."""
+        with self._lock:
+            ids, labels = np.asarray(self.index.ids), np.asarray(self.index.labels)
+        order = np.argsort(ids, kind="stable")
+        ids, labels = ids[order], labels[order]
+        if label is not None:
+            keep = labels == label
+            ids, labels = ids[keep], labels[keep]
+        page = slice(offset, offset + limit)
+        return int(ids.shape[0]), [{"id": int(i), "label": int(lab),
+                                    "class": self.class_name(int(lab))}
+                                   for i, lab in zip(ids[page], labels[page])]
+
+    def class_counts(self) -> tuple[list[int], int]:
+        """Items per class (in class order) and the number of unlabelled items."""
+        with self._lock:
+            labels = np.asarray(self.index.labels)
+        counts = np.bincount(labels[labels >= 0], minlength=len(self.classes))
+        return [int(c) for c in counts[:len(self.classes)]], int(np.sum(labels < 0))
+
+    def code_of(self, item_id: int) -> np.ndarray:
+        """The stored packed code of one item: ``uint8 (1, n_bits/8)``.
+
+        Raises:
+            UnknownItemError: no such id.
+        """
+        # HammingIndex has no public accessor for stored codes; this reads its segments.
+        with self._lock:
+            try:
+                pos = self.index._positions_of([item_id])
+            except (ValueError, OverflowError):
+                raise UnknownItemError(f"no archive item has id {item_id}") from None
+            seg, local = self.index._locate(pos)
+            return np.array(self.index._segments[int(seg[0])].codes[int(local[0])][None, :])
+
+    # ------------------------------------------------------------------ search
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
+        """Network codes of RGB images: packed ``uint8 (n, n_bits/8)``."""
+        with self._encode_lock:
+            return self.run.encode_images(images)
+
+    def search(self, code: np.ndarray, k: int, radius: int | None = None,
+               exclude: int | None = None) -> list[dict[str, Any]]:
+        """Hits for one packed query code ``uint8 (1, n_bits/8)``, in (distance, id) order.
+
+        Args:
+            k: at most this many hits.
+            radius: only hits within this Hamming distance (inclusive).
+            exclude: an id to leave out (the query item itself).
+        """
+        want = k + (exclude is not None)
+        with self._lock:
+            if radius is None:
+                rows = search_results(self.index, code, want)[0]
+            else:
+                lims, dist, ids = self.index.range_search(code, radius)
+                ids, dist = ids[:want], dist[:want]
+                labels = self.index.labels_of(ids) if ids.shape[0] else ids
+                rows = [{"id": int(i), "distance": int(d), "label": int(lab)}
+                        for i, d, lab in zip(ids, dist, labels)]
+        hits = [h for h in rows if h["id"] != exclude][:k]
+        return [{"id": h["id"], "distance": h["distance"], "label": h["label"],
+                 "class": self.class_name(h["label"])} for h in hits]
+
+    # ------------------------------------------------------------------ writing
+    def add(self, uploads: list[Upload], label: int | None = None) -> list[dict[str, Any]]:
+        """Store uploaded images and index them; all or nothing.
+
+        With a ``label`` the codes come from the run's database-code step for that class
+        (:meth:`ahcl.run.Run.codes_for_labelled`), else from the network (label ``-1``).
+
+        Returns:
+            the new items' records.
+        """
+        n = len(uploads)
+        paths = [self.images_dir / f"{u.sha256}{u.suffix}" for u in uploads]
+        if label is None:
+            labels = np.full(n, -1, dtype=np.int64)
+            codes = self.encode([u.image for u in uploads])
+        else:
+            labels = np.full(n, int(label), dtype=np.int64)
+            codes = self.run.codes_for_labelled([str(p) for p in paths], labels)
+        with self._lock:
+            created: list[Path] = []
+            ids = None
+            try:
+                for u, path in zip(uploads, paths):
+                    if not path.exists():  # content-addressed: the same bytes are stored once
+                        atomic_write_bytes(path, u.data)
+                        created.append(path)
+                ids = self.index.add(codes, labels=labels, meta=[
+                    {"path": str(p), "sha256": u.sha256} for u, p in zip(uploads, paths)])
+                self._persist()
+            except BaseException:
+                if ids is not None:
+                    self.index.remove(ids)
+                for path in created:
+                    path.unlink(missing_ok=True)
+                raise
+            self.revision += 1
+            for i, u in zip(ids, uploads):
+                self._upload_ids().setdefault(u.sha256, set()).add(int(i))
+        return [self._record(int(i), int(lab), {"sha256": ""}) for i, lab in zip(ids, labels)]
+
+    def delete(self, item_id: int) -> None:
+        """Remove an item from the index (persisted) and its uploaded file if no other item
+        shares it.
+
+        Raises:
+            UnknownItemError: no such id.
+        """
+        with self._lock:
+            label, meta = self._lookup(item_id)
+            code = self.code_of(item_id)
+            self.index.remove([item_id])
+            try:
+                self._persist()
+            except BaseException:
+                self.index.add(code, ids=[item_id], labels=[label], meta=[meta])
+                raise
+            self.revision += 1
+            sha = meta.get("sha256")
+            if sha:
+                owners = self._upload_ids().get(sha, set())
+                owners.discard(int(item_id))
+                if not owners:
+                    self._upload_ids().pop(sha, None)
+                    Path(meta["path"]).unlink(missing_ok=True)
+        with self._thumb_lock:
+            self._thumbs.pop(int(item_id), None)
+
+    def _persist(self) -> None:
+        self.index.save(self.index_path)
+        # Reopen the file just written (memory-mapped, one segment) so that many small adds
+        # do not leave the scan walking many small segments.
+        self.index = HammingIndex.load(self.index_path, verify=False)
+
+    def _upload_ids(self) -> dict[str, set[int]]:
+        """sha256 → ids of uploaded items with those bytes (built on first use: one meta pass)."""
+        table = getattr(self, "_uploads", None)
+        if table is None:
+            table = {}
+            ids = np.asarray(self.index.ids)
+            for i, meta in zip(ids, self.index.meta_of(ids) if ids.shape[0] else []):
+                if meta and meta.get("sha256"):
+                    table.setdefault(meta["sha256"], set()).add(int(i))
+            self._uploads = table
+        return table
+
+    # ------------------------------------------------------------------ thumbnails
+    def thumbnail(self, item_id: int) -> bytes:
+        """JPEG thumbnail (longest side ``thumb_size``) of an item's image, cached by id.
+
+        Raises:
+            UnknownItemError: no such id, or its image file is gone or unreadable.
+        """
+        with self._thumb_lock:
+            hit = self._thumbs.get(item_id)
+            if hit is not None:
+                self._thumbs.move_to_end(item_id)
+                return hit
+        with self._lock:
+            _, meta = self._lookup(item_id)
+        path = meta.get("path")
+        try:
+            if not path:
+                raise ImageReadError("no image")
+            image = load_rgb(path)
+        except (ImageReadError, Image.DecompressionBombError):
+            raise UnknownItemError(f"the image of item {item_id} is not available") from None
+        image.thumbnail((self.thumb_size, self.thumb_size), Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=85)
+        data = buf.getvalue()
+        with self._thumb_lock:
+            self._thumbs[item_id] = data
+            while len(self._thumbs) > self._thumb_cap:
+                self._thumbs.popitem(last=False)
+        return data
+
+    # ------------------------------------------------------------------ description
+    def info(self) -> dict[str, Any]:
+        """Sizes, model and index version (no file paths)."""
+        cfg = self.run.config
+        return {"items": len(self), "n_bits": self.run.n_bits, "classes": list(self.classes),
+                "model": {"method": self.run.method, "backbone": cfg.get("backbone"),
+                          "mode": cfg.get("mode"), "run": self.run.path.name},
+                "index": {"format_version": index_format.VERSION, "revision": self.revision,
+                          "persisted": self.index_path.is_file()}}

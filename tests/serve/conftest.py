@@ -1,0 +1,68 @@
+"""Fixtures for the service tests: one tiny trained run per session, a fresh copy per test."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ahcl.cli import main
+
+CLASSES = "water,forest,farmland,residential,roads,parking"
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32-bit tiny_cnn run on 6 synthetic classes x 15 scenes of 48 px (about 4 s)."""
+    root = tmp_path_factory.mktemp("serve_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AHCL_CACHE", str(root / "cache"))  # the feature cache stays in tmp
+        assert main(["datasets", "synthetic", "--out", str(root / "data"), "--per-class", "15",
+                     "--size", "48", "--seed", "0", "--classes", CLASSES]) == 0
+        assert main(["train", "--data", str(root / "data"), "--out", str(root / "run"),
+                     "--backbone", "tiny_cnn", "--no-pretrained", "--bits", "32", "--seed", "0",
+                     "--query-fraction", "0.2", "--set", "outer_iters=2"]) == 0
+    return root / "run"
+
+
+@pytest.fixture()
+def run_dir(tiny_run_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny run (tests write archive.index / archive.images into it)."""
+    return Path(shutil.copytree(tiny_run_dir, tmp_path / "run"))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def noise_png(seed: int, size: int = 40) -> bytes:
+    """A seeded random RGB image as PNG bytes (distinct per seed)."""
+    rng = np.random.default_rng(seed)
+    return png_bytes(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB"))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` by relative path (to prove nothing changed)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def reference_hits(query: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int,
+                   radius: int | None = None, exclude: int | None = None) -> list[tuple[int, int]]:
+    """Explicit loop: (id, Hamming distance) of the k nearest, ordered by (distance, id)."""
+    rows = []
+    for code, i in zip(codes, ids):
+        if i == exclude:
+            continue
+        d = sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(query, code))
+        if radius is None or d <= radius:
+            rows.append((int(d), int(i)))
+    return [(i, d) for d, i in sorted(rows)[:k]]

@@ -15,7 +15,7 @@ from ahcl.errors import AhclError
 from ahcl.run import load_run
 from ahcl.serve import Archive, ServeSettings, create_app
 from ahcl.serve.app import is_loopback
-from tests.serve.conftest import TOKEN, noise_png, png_bytes, reference_hits, snapshot
+from tests.serve.conftest import TOKEN, noise_png, reference_hits, snapshot
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -91,6 +91,7 @@ async function searchById(id) {
       body: JSON.stringify({ id, k: k() }),
     });
     const cls = result.query.class ?? "unlabelled";
+    $("qclass").value = String(result.query.label ?? -1);  // the item's own class, for precision
     showQuery(`/api/items/${id}/image`, `archive item #${id} (${cls})`, result.query.code);
     showHits(result);
   } catch (err) { status(`search failed: ${err.message}`); }

@@ -1,0 +1,77 @@
+"""The web page in a real headless Chromium (Debian's ``chromium``, driven by Playwright)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ahcl.serve import Archive, ServerThread, ServeSettings, create_app
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags chromium's own connections get refused in sandboxes.
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
+        pytest.skip("no chromium: install it with `apt-get install -y chromium` to run the "
+                    "browser test")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="pip install playwright (never `playwright install`: "
+                                          "the test uses Debian's chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file()
+                              else shutil.which("chromium"), args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def test_upload_results_click_and_browse(browser, run_dir: Path, tmp_path: Path) -> None:
+    archive = Archive.open(run_dir)
+    query = archive.run.db_paths[40]
+    with ServerThread(create_app(archive, ServeSettings())) as server:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url + "/")
+        page.wait_for_selector("#class-list button")
+        assert page.locator("#class-list button").count() == 6
+
+        page.fill("#k", "8")
+        page.select_option("#qclass", label=archive.run.classes[archive.run.db_labels[40]])
+        page.set_input_files("#file", query)
+        page.wait_for_selector("#results .hit")
+        hits = page.locator("#results .hit")
+        assert hits.count() == 8
+        assert page.locator("#query-what").inner_text() == f"uploaded: {Path(query).name}"
+        assert re.fullmatch(r"precision of the 8 shown: [01]\.\d\d \(\d/8 of class \w+\)",
+                            page.locator("#precision").inner_text())
+        # every thumbnail actually loaded
+        page.wait_for_function("[...document.querySelectorAll('#results img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
+        assert (tmp_path / "results.png").stat().st_size > 1000
+
+        clicked = hits.nth(2).get_attribute("data-id")
+        hits.nth(2).click()
+        page.wait_for_function(f"document.getElementById('query-what').textContent"
+                               f".startsWith('archive item #{clicked} ')")
+        page.wait_for_selector("#results .hit")
+        new_ids = page.locator("#results .hit").evaluate_all("els => els.map(e => e.dataset.id)")
+        assert len(new_ids) == 8 and clicked not in new_ids  # searched again, itself left out
+        assert page.locator("#precision").inner_text().startswith("precision of the 8 shown")
+        page.screenshot(path=str(tmp_path / "from_result.png"), full_page=True)
+
+        page.locator("#class-list button").nth(1).click()
+        page.wait_for_function("document.getElementById('status').textContent"
+                               ".includes('of 12 items')")
+        assert page.locator("#results .card").count() == 12
+        page.locator("#results .card").first.click()
+        page.wait_for_selector("#results .hit")
+        assert not errors, errors
+        page.close()

@@ -38,6 +38,21 @@ def jpeg_bytes() -> bytes:
     return buf.getvalue()
 
 
+def asgi_post(app, path: str, headers: list[tuple[bytes, bytes]], receive) -> list[dict]:
+    """Call the app directly as ASGI (so the test controls how the body arrives)."""
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000),
+             "headers": headers}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
 @pytest.mark.parametrize("path", ["/api/search", "/api/items"])
 def test_50mb_upload_is_413(guarded, path: str) -> None:
     client, _, _ = guarded
@@ -52,8 +67,6 @@ def test_body_limit_streams_and_stops_early(guarded) -> None:
     _, app, _ = guarded
     chunk = 2**20
     pulled = 0
-    sent: list[dict] = []
-    boundary = b"xyz"
     head = (b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
             b"Content-Type: image/jpeg\r\n\r\n")
 
@@ -65,15 +78,8 @@ def test_body_limit_streams_and_stops_early(guarded) -> None:
         body = head if pulled == 1 else b"\0" * chunk
         return {"type": "http.request", "body": body, "more_body": True}
 
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/api/search", "raw_path": b"/api/search",
-             "query_string": b"", "root_path": "", "server": ("127.0.0.1", 80),
-             "client": ("127.0.0.1", 5000),
-             "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary)]}
-    asyncio.run(app(scope, receive, send))
+    sent = asgi_post(app, "/api/search",
+                     [(b"content-type", b"multipart/form-data; boundary=xyz")], receive)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
     assert pulled <= LIMIT // chunk + 2  # never more than the limit plus one chunk
 
@@ -81,22 +87,14 @@ def test_body_limit_streams_and_stops_early(guarded) -> None:
 def test_declared_length_refused_before_reading(guarded) -> None:
     _, app, _ = guarded
     pulled = []
-    sent: list[dict] = []
 
     async def receive() -> dict:
         pulled.append(1)
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/api/items", "raw_path": b"/api/items",
-             "query_string": b"", "root_path": "", "server": ("127.0.0.1", 80),
-             "client": ("127.0.0.1", 5000),
-             "headers": [(b"content-length", str(50 * 2**20).encode()),
-                         (b"content-type", b"multipart/form-data; boundary=x")]}
-    asyncio.run(app(scope, receive, send))
+    sent = asgi_post(app, "/api/items", [(b"content-length", str(50 * 2**20).encode()),
+                                         (b"content-type", b"multipart/form-data; boundary=x")],
+                     receive)
     assert sent[0]["status"] == 413 and not pulled
 
 

@@ -215,8 +215,9 @@ class Archive:
         """Items in id order, optionally of one label: ``(total matching, page of records)``."""
         with self._lock:
             ids, labels = np.asarray(self.index.ids), np.asarray(self.index.labels)
-        order = np.argsort(ids, kind="stable")
-        ids, labels = ids[order], labels[order]
+        if ids.shape[0] > 1 and not np.all(ids[1:] > ids[:-1]):  # usually already in order
+            order = np.argsort(ids, kind="stable")
+            ids, labels = ids[order], labels[order]
         if label is not None:
             keep = labels == label
             ids, labels = ids[keep], labels[keep]

@@ -17,6 +17,10 @@ _LAZY = {
     "pack_codes": ("ahcl.index.packing", "pack_codes"),
     "unpack_codes": ("ahcl.index.packing", "unpack_codes"),
     "load_run": ("ahcl.run", "load_run"),
+    "train": ("ahcl.training", "train"),
+    "HammingIndex": ("ahcl.index", "HammingIndex"),
+    "write_synthetic_dataset": ("ahcl.data.synthetic", "write_synthetic_dataset"),
+    "read_image_folder": ("ahcl.data.folder", "read_image_folder"),
     "Run": ("ahcl.run", "Run"),
     "AhclError": ("ahcl.errors", "AhclError"),
 }

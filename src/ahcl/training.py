@@ -181,3 +181,12 @@ def _save_model(path: Path, net: torch.nn.Module, backbone: Any, config: TrainCo
         blob["backbone"] = backbone.state_dict()
     with atomic_write(path) as f:
         torch.save(blob, f)
+
+
+def train(out: str | Path, *, resume: bool = False, **values: Any) -> Run:
+    """Train a run from config keys, as ``ahcl train`` does: ``train("run", data="scenes",
+    n_bits=32, backbone="tiny_cnn")``. Keys are those of :class:`ahcl.config.TrainConfig` and
+    :class:`ahcl.methods.ahcl.AHCLParams`."""
+    from ahcl.config import config_from_dict
+
+    return train_run(config_from_dict(values), out, resume=resume)

@@ -71,8 +71,14 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
         out: run folder; must not hold a finished run unless ``resume`` (which then just loads it).
         resume: continue an interrupted run from its checkpoint; the result equals an
             uninterrupted run's.
-        on_iteration: called with each outer iteration's metrics.
+        on_iteration: called with each outer iteration's metrics (on rank 0 only).
+
+    Under torchrun (see :mod:`ahcl.distributed`, initialised by the caller) every rank calls this
+    with the same arguments: the ranks share the feature extraction and the training, rank 0
+    alone writes the run folder, and every rank returns it once written.
     """
+    from ahcl import distributed as dist
+
     from ahcl.data.splits import save_split
     from ahcl.encoder import build_backbone
     from ahcl.methods.ahcl import get_method
@@ -94,11 +100,15 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
             else None
         if saved is not None and saved != resolved:
             raise AhclError(f"cannot resume {out}: it was started with another config")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", resolved)
+    dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+    writer = dist.rank() == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", resolved)
     tic = time.perf_counter()
     data = prepare_data(config)
-    save_split(data.split, out / "split.json", paths=data.paths)
+    if writer:
+        save_split(data.split, out / "split.json", paths=data.paths)
     db_rows = data.split.db
     db_paths = data.abs_paths(db_rows)
     db_labels = data.labels[db_rows]
@@ -106,6 +116,14 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     backbone = build_backbone(resolved)
     t_feat = time.perf_counter()
     if config.mode == "frozen":
+        if dist.is_distributed():
+            # Each rank computes its share into the shared cache (one segment file per process),
+            # then every rank reads all of them back from it.
+            extract_features(db_paths[dist.shard_slice(len(db_paths))], backbone,
+                             cache_dir=config.feature_cache,
+                             batch_size=config.batch_size_features,
+                             num_workers=config.num_workers)
+            dist.barrier()
         inputs: Any = extract_features(db_paths, backbone, cache_dir=config.feature_cache,
                                        batch_size=config.batch_size_features,
                                        num_workers=config.num_workers)
@@ -130,6 +148,9 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     method.fit(inputs, db_labels, n_classes=len(data.classes), backbone=trainable_backbone,
                checkpoint=out / "checkpoint.pt", on_iteration=record)
     train_s = time.perf_counter() - t_train
+    if not writer:
+        dist.barrier()  # rank 0 writes the run
+        return load_run(out)
     # The checkpoint's history is the truth (metrics.jsonl may be one line behind a crash).
     atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in method.history_))
 
@@ -145,6 +166,7 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
         "paths": [data.paths[i] for i in db_rows], "labels": db_labels.tolist()})
     atomic_write_json(out / "timings.json", {
         "features_s": features_s, "train_s": train_s, "total_s": time.perf_counter() - tic,
+        "processes": dist.world_size(),
         "note": "seconds of this process; a resumed run counts only its last part"})
     atomic_write_json(out / "run.json", {
         "format": RUN_FORMAT, "version": RUN_VERSION, "ahcl_version": __version__,
@@ -153,6 +175,7 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
         "db_codes_sha256": sha256_file(out / "db_codes.npy"),
         "torch": torch.__version__})
     (out / "checkpoint.pt").unlink(missing_ok=True)
+    dist.barrier()
     return load_run(out)
 
 

@@ -10,7 +10,9 @@ from ahcl.cli._common import print_json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a hashing model and write a run folder",
-                       description="Train AHCL (or ADSH) on a folder-per-class dataset.")
+                       description="Train AHCL (or ADSH) on a folder-per-class dataset. Under "
+                                   "torchrun (torchrun --nproc_per_node N -m ahcl train ...) the "
+                                   "processes share the work and rank 0 writes the run.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", metavar="DIR", help="folder with one sub-folder per class")
     src.add_argument("--dataset", metavar="NAME", help="registered dataset (ahcl datasets list)")
@@ -52,8 +54,10 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ahcl import distributed as dist
     from ahcl.training import train_run
 
+    dist.init_from_env()
     config = config_from_args(args)
     total = config.params.outer_iters
 
@@ -63,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
 
     result = train_run(config, args.out, resume=args.resume, on_iteration=show)
+    if dist.rank() != 0:
+        return 0
     summary = {"run": str(result.path), "method": result.method, "n_bits": result.n_bits,
                "n_db": int(len(result.db_labels)), "classes": result.classes}
     if args.json:

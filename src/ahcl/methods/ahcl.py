@@ -11,6 +11,13 @@ bit-by-bit database-code step (Θ fixed). Both steps use the scalable forms of
 
 As in the authors' code the first two terms are normalised by ``n·|B|`` per mini-batch and the
 cross entropy is the batch mean times γ.
+
+Under torchrun (:mod:`ahcl.distributed`) the same loop runs on every rank: each rank owns a
+contiguous block of database rows (its rows of ``V`` and of Ω), takes a contiguous slice of each
+mini-batch with DistributedDataParallel averaging the gradients (each rank's loss is scaled so that
+the average is the gradient of the whole mini-batch's loss), and reads the rows of ``V`` for Ω from
+an all-reduce of the owners' rows. The statistics (``VᵀV``, ``P``, ``UᵀU``, ``R``) are all-reduced;
+no rank holds all of ``V`` or an n×c float matrix. Rank 0 gathers the packed codes to write them.
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ahcl import distributed as dist
 from ahcl._io import atomic_write
 from ahcl.errors import AhclError
-from ahcl.index.packing import pack_codes
+from ahcl.index.packing import pack_codes, unpack_codes
 from ahcl.methods.feeders import FeatureFeeder, ImageFeeder, as_feeder
-from ahcl.methods.solver import (code_step, code_step_from_stats, database_stats,
-                                 dissimilar_weight, omega_stats, pairwise_loss)
+from ahcl.methods.solver import (code_step_from_stats, code_step_shard, database_stats,
+                                 dissimilar_weight, pairwise_loss)
 from ahcl.models.heads import HashNet
 
 CHECKPOINT_VERSION = 1
@@ -115,7 +123,9 @@ class AHCL:
 
     Fitted attributes: ``net_`` (:class:`HashNet`), ``V_`` int8 (n, c) ±1 database codes,
     ``db_codes_`` packed uint8 (n, c/8), ``history_`` (one dict per outer iteration),
-    ``code_state_`` (:class:`CodeState`), ``n_classes_``.
+    ``code_state_`` (:class:`CodeState`), ``n_classes_``, ``rows_`` (slice of the database rows
+    in ``V_``). Under torchrun ``V_`` holds only this rank's ``rows_`` and ``db_codes_`` is set on
+    rank 0 alone (``None`` elsewhere).
     """
 
     name = "ahcl"
@@ -177,73 +187,99 @@ class AHCL:
         in_dim = backbone.feature_dim if backbone is not None else feeder.features.shape[1]
         net = self.build_net(in_dim, K, backbone)
         opt = self._optimizer(net)
-        # V starts random ±1 from the seed (the authors' zeros give sign(0) codes that are not ±1).
-        V = np.where(np.random.default_rng([p.seed, 0xA11C]).random((n, p.n_bits)) < 0.5,
-                     -1, 1).astype(np.int8)
+        world, me = dist.world_size(), dist.rank()
+        reduce = dist.all_reduce_numpy if world > 1 else None
+        rows = dist.shard_slice(n, me, world)  # this rank's database rows (all of them alone)
+        V = initial_codes(n, p.n_bits, p.seed, rows)
         history: list[dict[str, Any]] = []
         start = 0
         state = None
         if checkpoint is not None and Path(checkpoint).exists():
-            start, V, history, state = self._load_checkpoint(checkpoint, net, opt, n)
+            start, V, history, state = self._load_checkpoint(checkpoint, net, opt, n, rows)
+        model: nn.Module = net
+        if world > 1:
+            # ADSH never uses the classifier: tell DDP not to wait for its gradients.
+            model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=not p.gamma)
         m = n if p.num_samples is None else min(p.num_samples, n)
         counts = np.bincount(labels, minlength=K)
         for t in range(start, p.outer_iters):
             tic = time.perf_counter()
             rng = np.random.default_rng([p.seed, t])
             omega = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+            lo, hi = np.searchsorted(omega, [rows.start, rows.stop])  # Ω ∩ this rank's rows
             r = dissimilar_weight(labels[omega], counts, p.similarity)
             for group in opt.param_groups:
                 group["lr"] = self._lr_at(t)
             with torch.random.fork_rng(devices=[]):
                 # Dropout draws from torch's global RNG: seed it per iteration (so a resumed run
                 # draws the same masks) and restore the caller's state afterwards.
-                torch.manual_seed(int(rng.integers(2**62)))
-                losses = self._network_step(net, opt, feeder, labels, V, omega, r, K, rng)
-            U = self._outputs(net, feeder, omega)
+                torch.manual_seed(int(rng.integers(2**62)) + me)
+                stats = database_stats(V, labels[rows], K, reduce=reduce)
+                v_rows = _v_rows_of(V, rows, omega, lo, hi, reduce)
+                losses = self._network_step(model, opt, feeder, labels, v_rows, stats, omega, r,
+                                            rng, world, me)
+            U = self._outputs(net, feeder, omega[lo:hi])
             V_before = V.copy()
-            code_step(V, U, omega, labels, K, r, p.lam, sweeps=p.code_sweeps)
-            state = CodeState(*omega_stats(U, labels[omega], K), r, p.lam)
+            _, M, R = code_step_shard(V, rows.start, U, omega[lo:hi], labels[rows], K, r, p.lam,
+                                      reduce, sweeps=p.code_sweeps)
+            state = CodeState(M, R, r, p.lam)
+            changed = np.array([np.count_nonzero(V != V_before)], np.int64)
+            changed = int((reduce(changed) if reduce else changed)[0])
             record = {"iteration": t, "lr": self._lr_at(t), "r": r, **losses,
-                      "bits_changed": float((V != V_before).mean()),
+                      "bits_changed": changed / (n * p.n_bits),
                       "seconds": time.perf_counter() - tic}
             history.append(record)
             if checkpoint is not None:
-                self._save_checkpoint(checkpoint, t + 1, V, net, opt, history, state)
-            if on_iteration is not None:
+                codes = dist.gather_numpy(pack_codes(V)) if world > 1 else V
+                if me == 0:
+                    self._save_checkpoint(checkpoint, t + 1, codes, net, opt, history, state)
+            if on_iteration is not None and me == 0:
                 on_iteration(record)
         net.eval()
         self.net_, self.V_, self.history_, self.n_classes_ = net, V, history, K
-        self.code_state_ = state
-        self.db_codes_ = pack_codes(V)
+        self.code_state_, self.rows_ = state, rows
+        self.db_codes_ = dist.gather_numpy(pack_codes(V)) if world > 1 else pack_codes(V)
         return self
 
-    def _network_step(self, net: HashNet, opt: torch.optim.Optimizer, feeder, labels: np.ndarray,
-                      V: np.ndarray, omega: np.ndarray, r: float, K: int,
-                      rng: np.random.Generator) -> dict[str, float]:
+    def _network_step(self, model: nn.Module, opt: torch.optim.Optimizer, feeder,
+                      labels: np.ndarray, v_rows: Callable[[np.ndarray], np.ndarray],
+                      stats: Any, omega: np.ndarray, r: float, rng: np.random.Generator,
+                      world: int = 1, me: int = 0) -> dict[str, float]:
+        """Epochs over Ω with ``V`` fixed. With ``world > 1`` this rank takes its slice of each
+        mini-batch; the loss of the slice is normalised by the whole mini-batch and scaled by
+        ``world`` so DDP's gradient average equals the one-process gradient."""
         p = self.params
         n = len(labels)
-        stats = database_stats(V, labels, K)
-        net.train()
+        model.train()
         sums = {"loss_pair": 0.0, "loss_quant": 0.0, "loss_ce": 0.0, "loss": 0.0}
         n_batches = 0
         for _ in range(p.epochs):
             order = omega[rng.permutation(len(omega))]  # reshuffled every epoch
             batches = [order[i:i + p.batch_size] for i in range(0, len(order), p.batch_size)]
-            for idx, x in zip(batches, feeder.batches(batches)):
+            mine = [b[dist.shard_slice(len(b), me, world)] for b in batches]
+            for full, idx, x in zip(batches, mine, feeder.batches(mine)):
                 y = torch.from_numpy(labels[idx])
-                u, logits = net(x)
-                v = torch.from_numpy(V[idx].astype(np.float32))
-                pair = pairwise_loss(u, y, stats, r, p.n_bits) / (n * len(idx))
-                quant = p.lam * ((v - u) ** 2).sum() / (n * len(idx))
-                ce = F.cross_entropy(logits, y) if p.gamma else torch.zeros(())
+                u, logits = model(x)
+                v = torch.from_numpy(v_rows(idx).astype(np.float32))
+                pair = pairwise_loss(u, y, stats, r, p.n_bits) / (n * len(full))
+                quant = p.lam * ((v - u) ** 2).sum() / (n * len(full))
+                if not p.gamma:
+                    ce = torch.zeros(())
+                elif world == 1:
+                    ce = F.cross_entropy(logits, y)
+                else:
+                    ce = F.cross_entropy(logits, y, reduction="sum") / len(full)
                 loss = pair + quant + p.gamma * ce
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * world if world > 1 else loss).backward()
                 opt.step()
                 for key, val in (("loss_pair", pair), ("loss_quant", quant), ("loss_ce", ce),
                                  ("loss", loss)):
                     sums[key] += float(val.detach())
                 n_batches += 1
+        if world > 1:  # each rank summed its slices' shares of the batch losses
+            total = dist.all_reduce_numpy(np.array(list(sums.values()), np.float64))
+            sums = dict(zip(sums, map(float, total)))
         return {k: v / max(n_batches, 1) for k, v in sums.items()}
 
     @torch.inference_mode()
@@ -280,11 +316,12 @@ class AHCL:
     def _save_checkpoint(self, path: str | Path, next_iter: int, V: np.ndarray, net: nn.Module,
                          opt: torch.optim.Optimizer, history: list[dict[str, Any]],
                          state: CodeState) -> None:
+        # V: int8 (n, c) ±1, or packed uint8 (n, c/8) (what rank 0 gathers under torchrun).
         blob = {
             "version": CHECKPOINT_VERSION,
             "config": json.dumps(self.get_config(), sort_keys=True),
             "next_iter": next_iter,
-            "V": torch.from_numpy(V),
+            "V" if V.dtype == np.int8 else "V_packed": torch.from_numpy(V),
             "net": net.state_dict(),
             "opt": opt.state_dict(),
             "history": json.dumps(history),
@@ -296,9 +333,13 @@ class AHCL:
             torch.save(blob, f)
 
     def _load_checkpoint(self, path: str | Path, net: nn.Module, opt: torch.optim.Optimizer,
-                         n: int) -> tuple[int, np.ndarray, list, CodeState]:
+                         n: int, rows: slice) -> tuple[int, np.ndarray, list, CodeState]:
+        """Resume state; ``V`` comes back as int8 rows ``rows`` (a checkpoint written by any
+        number of processes resumes on any number)."""
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            # mmap: a rank reads only its own rows of V from the file.
+            blob = torch.load(path, map_location="cpu", weights_only=True,
+                              mmap=rows != slice(0, n))
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
             raise AhclError(f"cannot resume: checkpoint {path} is unreadable ({exc}); "
                             "delete it to start over") from None
@@ -307,10 +348,15 @@ class AHCL:
                             f"expected {CHECKPOINT_VERSION}")
         if blob["config"] != json.dumps(self.get_config(), sort_keys=True):
             raise AhclError(f"cannot resume: checkpoint {path} was made with other settings")
-        V = blob["V"].numpy().copy()
-        if V.shape != (n, self.params.n_bits):
-            raise AhclError(f"cannot resume: checkpoint {path} holds codes for {V.shape[0]} items, "
-                            f"the data has {n}")
+        stored = blob["V"] if "V" in blob else blob["V_packed"]
+        if stored.shape[0] != n:
+            raise AhclError(f"cannot resume: checkpoint {path} holds codes for {stored.shape[0]} "
+                            f"items, the data has {n}")
+        V = stored[rows].numpy().copy()
+        if V.dtype == np.uint8:
+            V = unpack_codes(V, self.params.n_bits)
+        if V.shape[1] != self.params.n_bits:
+            raise AhclError(f"cannot resume: checkpoint {path} holds codes of another length")
         net.load_state_dict(blob["net"])
         opt.load_state_dict(blob["opt"])
         cs = blob["code_state"]
@@ -344,6 +390,39 @@ def get_method(name: str) -> type[AHCL]:
         return METHODS[name]
     except KeyError:
         raise AhclError(f"unknown method {name!r}; choose from {', '.join(METHODS)}") from None
+
+
+def initial_codes(n: int, n_bits: int, seed: int, rows: slice | None = None,
+                  chunk: int = 65536) -> np.ndarray:
+    """The random ±1 start of ``V``: int8 (len(rows), n_bits), rows ``rows`` of the (n, n_bits)
+    matrix drawn from ``default_rng([seed, 0xA11C]).random((n, n_bits)) < 0.5 → −1``.
+
+    The generator is advanced past the rows before ``rows`` (one 64-bit draw per value), so a
+    rank draws only its own rows and in chunks, yet every row is the same as in one process.
+    (The authors' zeros give sign(0) codes that are not ±1.)
+    """
+    start, stop, _ = (rows or slice(0, n)).indices(n)
+    bits = np.random.PCG64([seed, 0xA11C])
+    bits.advance(start * n_bits)
+    gen = np.random.Generator(bits)
+    V = np.empty((stop - start, n_bits), np.int8)
+    for lo in range(0, stop - start, chunk):
+        block = gen.random((min(chunk, stop - start - lo), n_bits))
+        V[lo:lo + len(block)] = np.where(block < 0.5, -1, 1)
+    return V
+
+
+def _v_rows_of(V: np.ndarray, rows: slice, omega: np.ndarray, lo: int, hi: int,
+               reduce: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``idx -> V[idx]`` for database rows in Ω. Alone: a plain lookup. Under torchrun: the rows
+    of Ω are summed over ranks from a zero (m, c) array where each owner filled its own rows (one
+    non-zero contribution per entry, so the sum is exact)."""
+    if reduce is None:
+        return lambda idx: V[idx]
+    own = np.zeros((len(omega), V.shape[1]), np.int32)
+    own[lo:hi] = V[omega[lo:hi] - rows.start]
+    v_omega = reduce(own).astype(np.int8)
+    return lambda idx: v_omega[np.searchsorted(omega, idx)]
 
 
 def code_new_rows(state: CodeState, labels: np.ndarray, n_bits: int, seed: int = 0,

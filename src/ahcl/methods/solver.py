@@ -13,11 +13,16 @@ check these functions against them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 SIMILARITIES = ("soft", "hard")
+
+#: Sums an array over the processes that each hold part of the rows (e.g.
+#: :func:`ahcl.distributed.all_reduce_numpy`); ``None`` when one process holds them all.
+Reduce = Callable[[np.ndarray], np.ndarray]
 
 
 def dissimilar_weight(omega_labels: np.ndarray, class_counts: np.ndarray, similarity: str) -> float:
@@ -62,8 +67,13 @@ class DatabaseStats:
 
 
 def database_stats(V: np.ndarray, db_labels: np.ndarray, n_classes: int,
-                   chunk: int = 65536) -> DatabaseStats:
-    """Compute :class:`DatabaseStats` of ``V`` (int8 (n, c) ±1) in row chunks."""
+                   chunk: int = 65536, reduce: Reduce | None = None) -> DatabaseStats:
+    """Compute :class:`DatabaseStats` of ``V`` (int8 (n, c) ±1) in row chunks.
+
+    With ``reduce``, ``V`` and ``db_labels`` are this process's rows and the statistics are summed
+    over all processes. They are integers (exact in float64 and, below 2**24 items, in float32),
+    so the result does not depend on how the rows are split.
+    """
     n, c = V.shape
     gram = np.zeros((c, c), np.float64)
     sums = np.zeros((n_classes, c), np.float64)
@@ -72,6 +82,8 @@ def database_stats(V: np.ndarray, db_labels: np.ndarray, n_classes: int,
         gram += block.T @ block
         sums += _class_sum(block, db_labels[start:start + chunk], n_classes)
     counts = np.bincount(db_labels, minlength=n_classes).astype(np.int64)
+    if reduce is not None:
+        gram, sums, counts = reduce(gram), reduce(sums), reduce(counts)
     return DatabaseStats(gram.astype(np.float32), sums.astype(np.float32),
                          sums.sum(0).astype(np.float32), counts)
 
@@ -118,11 +130,28 @@ def pairwise_loss(u: torch.Tensor, labels: torch.Tensor, stats: DatabaseStats, r
 
 
 def omega_stats(U: np.ndarray, omega_labels: np.ndarray, n_classes: int,
-                dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+                dtype: type = np.float32, reduce: Reduce | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """``M = UᵀU`` (c, c) and ``R[k] = Σ_{i∈Ω: y_i=k} u_i`` (K, c): all the code step reads of U
-    besides the sampled rows' own outputs."""
+    besides the sampled rows' own outputs.
+
+    With ``reduce``, ``U`` holds this process's sampled rows and both sums are taken over all
+    processes in float64 before the cast to ``dtype``.
+    """
     U64 = np.asarray(U, np.float64)
-    return (U64.T @ U64).astype(dtype), _class_sum(U64, omega_labels, n_classes).astype(dtype)
+    M, R = U64.T @ U64, _class_sum(U64, omega_labels, n_classes)
+    if reduce is not None:
+        M, R = reduce(M), reduce(R)
+    return M.astype(dtype), R.astype(dtype)
+
+
+def _ubar(omega: np.ndarray, U: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Ū's non-zero rows: sorted unique rows of ``omega`` and the sum of their ``U`` rows."""
+    # Several draws of one row add up.
+    ubar_rows, inverse = np.unique(omega, return_inverse=True)
+    ubar = np.zeros((len(ubar_rows), np.shape(U)[1]), dtype)
+    np.add.at(ubar, inverse, np.asarray(U, dtype))
+    return ubar_rows, ubar
 
 
 def code_step(V: np.ndarray, U: np.ndarray, omega: np.ndarray, db_labels: np.ndarray,
@@ -155,12 +184,47 @@ def code_step(V: np.ndarray, U: np.ndarray, omega: np.ndarray, db_labels: np.nda
         ``V`` (the same array).
     """
     M, R = omega_stats(U, db_labels[omega], n_classes, dtype)
-    # Ū: the rows of U placed at their database rows; several draws of one row add up.
-    ubar_rows, inverse = np.unique(omega, return_inverse=True)
-    ubar = np.zeros((len(ubar_rows), V.shape[1]), dtype)
-    np.add.at(ubar, inverse, np.asarray(U, dtype))
+    ubar_rows, ubar = _ubar(omega, U, dtype)
     return code_step_from_stats(V, db_labels, M, R, r, lam, ubar_rows, ubar, sweeps, rows,
                                 chunk, dtype)
+
+
+def code_step_shard(V: np.ndarray, row_start: int, U: np.ndarray, omega: np.ndarray,
+                    db_labels: np.ndarray, n_classes: int, r: float, lam: float,
+                    reduce: Reduce | None, sweeps: int = 1, chunk: int = 8192,
+                    dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`code_step` on one process's contiguous block of database rows.
+
+    Each process holds only its rows of ``V`` and the outputs of the sampled rows that fall in
+    them; ``M`` and ``R`` are summed over processes with ``reduce``. The union of the blocks
+    equals :func:`code_step` on the whole database whenever those sums come out the same as a
+    serial sum (exact, e.g., in float64 when the sums are exact; see the tests).
+
+    Args:
+        V: int8 (n_local, c) ±1 codes of rows ``[row_start, row_start + n_local)``, updated in
+            place.
+        row_start: database row of ``V[0]``.
+        U: float32 (m_local, c) network outputs of the sampled rows in this block.
+        omega: int64 (m_local,) their database rows.
+        db_labels: int64 (n_local,) labels of this block's rows.
+        n_classes: K.
+        r: dissimilar weight.
+        lam: λ.
+        reduce: the sum over processes (``None``: this process holds everything).
+        sweeps: passes over all bits.
+        chunk: rows per block.
+        dtype: arithmetic precision.
+
+    Returns:
+        ``(V, M, R)``: the updated codes and the reduced statistics (``dtype``).
+    """
+    local = np.asarray(omega, np.int64) - row_start
+    if len(local) and (local.min() < 0 or local.max() >= len(V)):
+        raise ValueError("omega holds rows outside this block")
+    M, R = omega_stats(U, db_labels[local], n_classes, dtype, reduce)
+    ubar_rows, ubar = _ubar(local, U, dtype)
+    code_step_from_stats(V, db_labels, M, R, r, lam, ubar_rows, ubar, sweeps, None, chunk, dtype)
+    return V, M, R
 
 
 def code_step_from_stats(V: np.ndarray, db_labels: np.ndarray, M: np.ndarray, R: np.ndarray,

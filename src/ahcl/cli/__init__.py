@@ -17,7 +17,8 @@ from ahcl import __version__
 from ahcl.errors import AhclError
 
 # Verb modules, in the order they appear in --help.
-_VERBS = ("datasets", "train", "evaluate", "encode", "search", "demo", "index", "serve")
+_VERBS = ("datasets", "train", "evaluate", "encode", "search", "demo", "index", "serve",
+          "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,337 @@
+"""``ahcl benchmark`` as a library call: every method × bits × seed on one split, resumable.
+
+Protocol (the same for every method, AHCL included):
+
+1. One stratified query/database split (``query_fraction`` of each class, seed ``split_seed``);
+   the database is the training set (the authors' protocol). Frozen mode extracts the backbone
+   features of all images once, through the feature cache.
+2. Model selection: a validation split (``val_fraction`` of each database class) is carved from
+   the database; every setting of the method's grid (:data:`ahcl.methods.registry.GRIDS`, at most
+   4) is trained on the rest at ``tune_bits`` bits with seed ``tune_seed`` and scored by the mAP of
+   the validation items as queries against the rest as database. The best setting is used for
+   every code length and seed. Test queries are never looked at during selection.
+3. Each cell (method, n_bits, seed) trains on the whole database with the chosen setting and the
+   fixed training budget (:data:`BUDGETS`), encodes the queries and is evaluated. The cell's
+   result is written atomically to ``cells/<method>_<bits>_s<seed>.json``; a rerun skips cells
+   (and tuning files) that exist, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ahcl._io import atomic_write_json
+from ahcl._progress import progress_bar
+from ahcl.bench.measure import PeakMemory, backbone_seconds_per_image, sample_rows
+from ahcl.errors import AhclError
+from ahcl.eval import evaluate
+from ahcl.methods.registry import GRIDS, KINDS, MAX_TRIALS, create_method, get_method
+
+# Fixed training budgets (not tuned). The deep methods get the same number of passes over the
+# training items: AHCL/ADSH make outer_iters × epochs passes over Ω = all items; the mini-batch
+# methods make `epochs` passes.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "ahcl": {"outer_iters": 10, "epochs": 2, "num_samples": None, "lr_milestones": [6, 8]},
+    "adsh": {"outer_iters": 10, "epochs": 2, "num_samples": None, "lr_milestones": [6, 8]},
+    **{name: {"epochs": 20} for name in ("dpsh", "hashnet", "dsh", "csq", "classifier")},
+    "itq": {"n_iter": 50},
+    "sdh": {"n_anchors": 1000, "n_iter": 5},
+}
+FORMAT = "ahcl-benchmark"
+VERSION = 1
+TOPK = (10, 100, 1000)
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to run. Every field that changes results is saved and checked on resume.
+
+    Attributes:
+        data / dataset: a folder-per-class dataset, or a registered dataset name.
+        methods: method names (``ahcl.methods.registry``).
+        bits: code lengths (multiples of 8).
+        seeds: seeds of the methods (the split is fixed by ``split_seed``).
+        backbone, pretrained, mode: as in ``ahcl train``.
+        query_fraction: share of each class held out as queries.
+        split_seed: seed of the query/database split and of the validation split.
+        val_fraction: share of each database class used for model selection.
+        tune_bits: code length of model selection (default 32 if listed, else the middle one).
+        tune_seed: method seed during model selection.
+        budgets: per-method fixed parameters over :data:`BUDGETS` (``{"ahcl": {"epochs": 1}}``).
+        feature_cache: feature cache folder (default ``$AHCL_CACHE`` or ``~/.cache/ahcl/features``).
+        timing_images: images used to time the backbone (decode + forward), extrapolated per image.
+        command: the command line, recorded in the report.
+    """
+
+    data: str | None = None
+    dataset: str | None = None
+    methods: list[str] = field(default_factory=lambda: ["ahcl", "adsh", "dpsh", "hashnet", "dsh",
+                                                        "csq", "lsh", "itq", "sdh", "classifier"])
+    bits: list[int] = field(default_factory=lambda: [16, 32, 48, 64])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    backbone: str = "mobilenet_v2"
+    pretrained: bool = True
+    mode: str = "frozen"
+    query_fraction: float = 0.2
+    split_seed: int = 0
+    val_fraction: float = 0.2
+    tune_bits: int | None = None
+    tune_seed: int = 0
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feature_cache: str | None = None
+    timing_images: int = 32
+    command: str = ""
+
+    def validate(self) -> "BenchmarkConfig":
+        if (self.data is None) == (self.dataset is None):
+            raise AhclError("give exactly one of --data DIR or --dataset NAME")
+        if not self.methods or not self.bits or not self.seeds:
+            raise AhclError("--methods, --bits and --seeds each need at least one value")
+        for name in self.methods:
+            get_method(name)
+        for b in self.bits:
+            if b <= 0 or b % 8:
+                raise AhclError(f"bits must be positive multiples of 8, got {b}")
+        if self.mode not in ("frozen", "finetune"):
+            raise AhclError(f"mode must be frozen or finetune, got {self.mode!r}")
+        if not 0 < self.query_fraction < 1 or not 0 < self.val_fraction < 1:
+            raise AhclError("query_fraction and val_fraction must be in (0, 1)")
+        if self.tune_bits is None:
+            self.tune_bits = 32 if 32 in self.bits else sorted(self.bits)[len(self.bits) // 2]
+        unknown = set(self.budgets) - set(self.methods)
+        if unknown:
+            raise AhclError(f"budget given for method(s) not benchmarked: {sorted(unknown)}")
+        return self
+
+    def budget(self, method: str) -> dict[str, Any]:
+        """The fixed (untuned) parameters of ``method``."""
+        return {**BUDGETS.get(method, {}), **self.budgets.get(method, {})}
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a finished cell depends on (methods/bits/seeds may grow on a rerun)."""
+        keep = ("data", "dataset", "backbone", "pretrained", "mode", "query_fraction",
+                "split_seed", "val_fraction", "tune_bits", "tune_seed")
+        return {k: getattr(self, k) for k in keep}
+
+
+@dataclass
+class Workspace:
+    """The data of one benchmark: labels, split, and the inputs of each part."""
+
+    root: Path
+    paths: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    query: np.ndarray
+    db: np.ndarray
+    train: np.ndarray  # database minus validation (model selection only)
+    val: np.ndarray
+    features: np.ndarray | None  # frozen mode: float32 (n_images, d)
+    backbone_s_per_image: float
+    features_s: float
+    weights_id: str
+
+    def inputs(self, rows: np.ndarray, config: BenchmarkConfig) -> Any:
+        if self.features is not None:
+            return self.features[rows]
+        from ahcl.methods.feeders import ImageFeeder
+        from ahcl.models.backbones import create_backbone
+
+        transform = create_backbone(config.backbone, pretrained=False).transform
+        return ImageFeeder([str(self.root / self.paths[i]) for i in rows], transform)
+
+
+def prepare(config: BenchmarkConfig, out: Path) -> Workspace:
+    """Read the data, draw the split, extract features once (frozen), time the backbone."""
+    from ahcl.data.folder import read_image_folder
+    from ahcl.data.splits import carve_validation, make_split, save_split
+    from ahcl.models.backbones import create_backbone
+    from ahcl.models.features import extract_features
+
+    if config.data is not None:
+        root = Path(config.data).expanduser().resolve()
+    else:
+        from ahcl.data.registry import ensure_dataset
+
+        root = Path(ensure_dataset(config.dataset))
+    folder = read_image_folder(root)
+    split = make_split(folder.labels, query_fraction=config.query_fraction, seed=config.split_seed)
+    save_split(split, out / "split.json", paths=folder.paths)
+    train, val = carve_validation(split.db, folder.labels, config.val_fraction, config.split_seed)
+    backbone = create_backbone(config.backbone, pretrained=config.pretrained, seed=0)
+    abs_paths = [str(Path(folder.root) / p) for p in folder.paths]
+    features, features_s = None, 0.0
+    if config.mode == "frozen":
+        tic = time.perf_counter()
+        features = extract_features(abs_paths, backbone, cache_dir=config.feature_cache)
+        features_s = time.perf_counter() - tic
+    timing = out / "backbone_timing.json"
+    if timing.exists():  # measured once per benchmark folder, so a resume reports the same
+        per_image = float(json.loads(timing.read_text())["seconds_per_image"])
+    else:
+        rows = sample_rows(len(abs_paths), config.timing_images, config.split_seed)
+        per_image = backbone_seconds_per_image(backbone, [abs_paths[i] for i in rows])
+        atomic_write_json(timing, {"seconds_per_image": per_image, "images": len(rows),
+                                   "what": "decode + transform + backbone forward, best of 2"})
+    return Workspace(Path(folder.root), list(folder.paths), folder.labels, list(folder.classes),
+                     split.query, split.db, train, val, features, per_image, features_s,
+                     backbone.weights_id)
+
+
+def _fit(name: str, params: dict[str, Any], ws: Workspace, rows: np.ndarray,
+         config: BenchmarkConfig) -> Any:
+    method = create_method(name, **params)
+    backbone = None
+    if config.mode == "finetune" and KINDS[name] != "shallow":
+        from ahcl.models.backbones import create_backbone
+
+        backbone = create_backbone(config.backbone, pretrained=config.pretrained,
+                                   seed=int(params.get("seed", 0)))
+    return method.fit(ws.inputs(rows, config), ws.labels[rows], n_classes=len(ws.classes),
+                      backbone=backbone)
+
+
+def tune(name: str, config: BenchmarkConfig, ws: Workspace, out: Path,
+         tick: Callable[[], None]) -> dict[str, Any]:
+    """Model selection of ``name`` (cached in ``tuning/<name>.json``)."""
+    path = out / "tuning" / f"{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    trials = []
+    grid = GRIDS.get(name, [{}])[:MAX_TRIALS]
+    for setting in grid:
+        params = {**config.budget(name), **setting, "n_bits": config.tune_bits,
+                  "seed": config.tune_seed}
+        tic = time.perf_counter()
+        method = _fit(name, params, ws, ws.train, config)
+        report = evaluate(method.encode(ws.inputs(ws.val, config)), ws.labels[ws.val],
+                          method.db_codes_, ws.labels[ws.train], topk=(100,))
+        trials.append({"setting": setting, "val_map": report.map,
+                       "seconds": time.perf_counter() - tic})
+        tick()
+    best = max(range(len(trials)), key=lambda i: trials[i]["val_map"])  # first best on ties
+    result = {"method": name, "n_bits": config.tune_bits, "seed": config.tune_seed,
+              "n_train": int(len(ws.train)), "n_val": int(len(ws.val)), "trials": trials,
+              "chosen": trials[best]["setting"]}
+    atomic_write_json(path, result)
+    return result
+
+
+def run_cell(name: str, n_bits: int, seed: int, chosen: dict[str, Any], config: BenchmarkConfig,
+             ws: Workspace) -> dict[str, Any]:
+    """Train one method on the database, encode the queries, evaluate, time and measure it."""
+    params = {**config.budget(name), **chosen, "n_bits": n_bits, "seed": seed}
+    with PeakMemory() as mem:
+        tic = time.perf_counter()
+        method = _fit(name, params, ws, ws.db, config)
+        fit_s = time.perf_counter() - tic
+        q_inputs = ws.inputs(ws.query, config)
+        tic = time.perf_counter()
+        q_codes = method.encode(q_inputs)
+        query_s = time.perf_counter() - tic
+    report = evaluate(q_codes, ws.labels[ws.query], method.db_codes_, ws.labels[ws.db], topk=TOPK)
+    timings = getattr(method, "timings_", {})
+    head_db_s = float(timings.get("db_codes_s", 0.0))
+    kind = KINDS[name]
+    n_db, nq = len(ws.db), len(ws.query)
+    # In frozen mode the inputs are features, so the timed passes cover the head only; the
+    # backbone's share is the per-image time measured once, times the number of images.
+    backbone_q = ws.backbone_s_per_image if config.mode == "frozen" else 0.0
+    db_codes_s = 0.0 if kind == "asymmetric" else head_db_s + backbone_q * n_db
+    return {
+        "method": name, "kind": kind, "n_bits": n_bits, "seed": seed,
+        "config": method.get_config(), "metrics": report.to_dict(),
+        "timings": {
+            "train_s": fit_s - head_db_s,
+            "db_codes_head_s": head_db_s if kind != "asymmetric" else 0.0,
+            "db_codes_s": db_codes_s,
+            "query_head_s_per_image": query_s / nq,
+            "query_s_per_image": query_s / nq + backbone_q,
+        },
+        "memory": {"peak_rss_mib": mem.peak_mib, "extra_rss_mib": mem.extra_mib},
+        "n_db": int(n_db), "n_query": int(nq),
+    }
+
+
+def _check_identity(config: BenchmarkConfig, out: Path) -> None:
+    path = out / "benchmark.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("identity") != config.identity():
+            raise AhclError(f"{out} holds a benchmark with other settings (data, backbone, mode, "
+                            "split or tuning); choose another --out")
+        budgets = saved.get("budgets", {})
+        for name in config.methods:
+            if name in budgets and budgets[name] != config.budget(name):
+                raise AhclError(f"{out} holds {name} results with another training budget; "
+                                "choose another --out")
+    else:
+        atomic_write_json(path, {"format": FORMAT, "version": VERSION,
+                                 "identity": config.identity(), "budgets": {}})
+
+
+def _save_budgets(config: BenchmarkConfig, out: Path) -> None:
+    path = out / "benchmark.json"
+    saved = json.loads(path.read_text())
+    saved["budgets"].update({name: config.budget(name) for name in config.methods})
+    atomic_write_json(path, saved)
+
+
+def cell_path(out: Path, name: str, n_bits: int, seed: int) -> Path:
+    return out / "cells" / f"{name}_{n_bits}_s{seed}.json"
+
+
+def run_benchmark(config: BenchmarkConfig, out: str | Path,
+                  on_cell: Callable[[dict[str, Any], bool], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the benchmark in ``out`` and write its report.
+
+    Args:
+        config: what to run.
+        out: benchmark folder (created). Finished cells found there are reused.
+        on_cell: called with each cell's result and whether it was reused from disk.
+
+    Returns:
+        The results dict also written to ``out/results.json``.
+    """
+    from ahcl.bench.report import write_report
+
+    config = dataclasses.replace(config).validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_identity(config, out)
+    _save_budgets(config, out)
+    ws = prepare(config, out)
+    todo_tune = [m for m in config.methods if not (out / "tuning" / f"{m}.json").exists()]
+    cells = [(m, b, s) for m in config.methods for b in config.bits for s in config.seeds]
+    todo_cells = [c for c in cells if not cell_path(out, *c).exists()]
+    total = sum(len(GRIDS.get(m, [{}])[:MAX_TRIALS]) for m in todo_tune) + len(todo_cells)
+    bar = progress_bar(total, desc="benchmark runs", unit="run")
+    results: list[dict[str, Any]] = []
+    tuning: dict[str, Any] = {}
+    try:
+        for name in config.methods:
+            tuning[name] = tune(name, config, ws, out, lambda: bar.update(1))
+            for n_bits in config.bits:
+                for seed in config.seeds:
+                    path = cell_path(out, name, n_bits, seed)
+                    reused = path.exists()
+                    if reused:
+                        cell = json.loads(path.read_text())
+                    else:
+                        bar.set_postfix_str(f"{name} {n_bits} bits seed {seed}")
+                        cell = run_cell(name, n_bits, seed, tuning[name]["chosen"], config, ws)
+                        atomic_write_json(path, cell)
+                        bar.update(1)
+                    results.append(cell)
+                    if on_cell is not None:
+                        on_cell(cell, reused)
+    finally:
+        bar.close()
+    return write_report(config, ws, tuning, results, out)

@@ -1,0 +1,307 @@
+"""Symmetric deep hashing baselines: DPSH, HashNet, DSH, CSQ on the same network as AHCL.
+
+"Symmetric" means one network codes queries and database alike: training sees pairs (or class
+centres) within mini-batches only, and the database codes are ``sign(u)`` of a forward pass over
+every database item after training. Each method uses :class:`~ahcl.models.heads.HashNet`
+(frozen-feature inputs, or a trainable backbone in finetune mode) exactly as AHCL does, and
+differs only in its loss (:mod:`ahcl.methods.losses`).
+
+Training: ``epochs`` passes over the database in seeded shuffled mini-batches (Adam or SGD).
+The dropout masks and the network's initialisation draw from torch's global generator, so both
+run inside :func:`torch.random.fork_rng` seeded from ``seed``: same seed, same bytes, and the
+caller's random state is untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ahcl.errors import AhclError
+from ahcl.index.packing import pack_codes
+from ahcl.methods.feeders import FeatureFeeder, ImageFeeder, as_feeder
+from ahcl.methods.losses import (class_centers, csq_loss, dpsh_loss, dsh_loss, hashnet_loss,
+                                 similarity)
+from ahcl.models.heads import HashNet
+
+Inputs = np.ndarray | FeatureFeeder | ImageFeeder
+
+
+@dataclass
+class DeepParams:
+    """Hyper-parameters shared by every mini-batch baseline.
+
+    Attributes:
+        n_bits: code length ``c`` (a multiple of 8).
+        epochs: passes over the training items.
+        batch_size: mini-batch size (pairwise losses use the pairs inside a batch).
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        lr: learning rate (constant).
+        weight_decay: L2 weight decay.
+        hidden: width of the MLP layer before the hash layer (0: none), as AHCL's ``hidden``.
+        dropout: dropout on the features entering the head.
+        seed: seeds the initialisation, the shuffles and the dropout masks.
+    """
+
+    n_bits: int = 32
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    hidden: int = 512
+    dropout: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_bits <= 0 or self.n_bits % 8:
+            raise AhclError(f"n_bits must be a positive multiple of 8, got {self.n_bits}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise AhclError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise AhclError("epochs must be >= 1 and batch_size >= 2")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise AhclError("lr must be > 0 and weight_decay >= 0")
+
+
+class MiniBatchMethod:
+    """Base of the deep baselines: seeded mini-batch training, codes from a forward pass.
+
+    A subclass sets ``name`` and ``Params`` and writes :meth:`loss`; it may override
+    :meth:`build_net`, :meth:`prepare` (per-fit state such as hash centres) and :meth:`real_codes`.
+    Fitted attributes: ``net_``, ``db_codes_`` packed uint8 (n, c/8), ``history_`` (one dict per
+    epoch), ``n_classes_``, ``timings_`` (``train_s``, ``db_codes_s``: the forward pass over the
+    database inputs, i.e. over features in frozen mode).
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[DeepParams]] = DeepParams
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            self.params = self.Params(**params)
+        except TypeError as exc:
+            raise AhclError(f"{self.name}: {exc}".replace("__init__() ", "")) from None
+
+    def get_config(self) -> dict[str, Any]:
+        """The method name and every hyper-parameter (replays the run)."""
+        return {"method": self.name, **dataclasses.asdict(self.params)}
+
+    # ---------------------------------------------------------------- subclass hooks
+    def build_net(self, in_dim: int, n_classes: int, backbone: nn.Module | None) -> nn.Module:
+        p = self.params
+        return HashNet(in_dim, p.n_bits, n_classes, p.hidden, backbone, p.dropout)
+
+    def prepare(self, labels: np.ndarray, n_classes: int) -> None:
+        """Per-fit state computed before training (default: none)."""
+
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        """The training loss of one mini-batch (``step`` counts batches from 0)."""
+        raise NotImplementedError
+
+    def real_codes(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """float (B, c) whose signs are the codes (default ``u``)."""
+        return net(x)[0]
+
+    # ---------------------------------------------------------------- fit / encode
+    def fit(self, inputs: Inputs, labels: np.ndarray, *, n_classes: int | None = None,
+            backbone: nn.Module | None = None, checkpoint: Any = None,
+            on_iteration: Callable[[dict[str, Any]], None] | None = None) -> "MiniBatchMethod":
+        """Train on the database items, then code them with a forward pass.
+
+        Args:
+            inputs: float32 (n, d) frozen features, or a feeder (images in finetune mode).
+            labels: int (n,) class ids.
+            n_classes: K (default ``labels.max() + 1``).
+            backbone: trainable backbone (finetune mode).
+            checkpoint: accepted for interface compatibility with AHCL and ignored: these
+                trainings are short and restart from scratch.
+            on_iteration: called with each epoch's metrics dict.
+
+        Returns:
+            ``self``.
+        """
+        del checkpoint
+        p = self.params
+        feeder = as_feeder(inputs)
+        labels = np.asarray(labels, dtype=np.int64)
+        n = len(labels)
+        if len(feeder) != n:
+            raise AhclError(f"{len(feeder)} inputs but {n} labels")
+        if len(np.unique(labels)) < 2:
+            raise AhclError("training needs at least two classes")
+        K = int(n_classes if n_classes is not None else labels.max() + 1)
+        in_dim = backbone.feature_dim if backbone is not None else feeder.features.shape[1]
+        tic = time.perf_counter()
+        history: list[dict[str, Any]] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(p.seed)
+            net = self.build_net(in_dim, K, backbone)
+            self.prepare(labels, K)
+            opt = (torch.optim.SGD(net.parameters(), lr=p.lr, momentum=0.9,
+                                   weight_decay=p.weight_decay) if p.optimizer == "sgd" else
+                   torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay))
+            step = 0
+            for epoch in range(p.epochs):
+                rng = np.random.default_rng([p.seed, epoch])
+                order = rng.permutation(n)
+                # A last batch of one item has no pair: fold it into the previous batch.
+                cuts = list(range(0, n, p.batch_size))
+                if len(cuts) > 1 and n - cuts[-1] < 2:
+                    cuts.pop()
+                batches = [order[a:b] for a, b in zip(cuts, cuts[1:] + [n])]
+                net.train()
+                total = 0.0
+                for idx, x in zip(batches, feeder.batches(batches)):
+                    loss = self.loss(net, x, torch.from_numpy(labels[idx]), step)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach())
+                    step += 1
+                record = {"iteration": epoch, "loss": total / len(batches)}
+                history.append(record)
+                if on_iteration is not None:
+                    on_iteration(record)
+        net.eval()
+        self.net_, self.history_, self.n_classes_ = net, history, K
+        train_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        self.db_codes_ = self.encode(feeder)
+        self.timings_ = {"train_s": train_s, "db_codes_s": time.perf_counter() - tic}
+        return self
+
+    @torch.inference_mode()
+    def encode_real(self, inputs: Inputs, batch_size: int = 512) -> np.ndarray:
+        """float32 (n, n_bits) real codes whose signs are the codes."""
+        feeder = as_feeder(inputs)
+        rows = np.arange(len(feeder))
+        batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        self.net_.eval()
+        out = [self.real_codes(self.net_, x).numpy() for x in feeder.batches(batches)]
+        return (np.concatenate(out).astype(np.float32) if out
+                else np.zeros((0, self.params.n_bits), np.float32))
+
+    def encode(self, inputs: Inputs) -> np.ndarray:
+        """Codes ``sign(·)`` (sign(0) = +1), packed uint8 (n, n_bits/8)."""
+        return pack_codes(self.encode_real(inputs))
+
+
+# -------------------------------------------------------------------- the four methods
+@dataclass
+class DPSHParams(DeepParams):
+    """DPSH: ``eta`` = η, weight of the quantisation term."""
+
+    eta: float = 0.1
+
+
+class DPSH(MiniBatchMethod):
+    """Deep Pairwise-Supervised Hashing.
+
+    Li, Wang & Kang, "Feature Learning based Deep Supervised Hashing with Pairwise Labels",
+    IJCAI 2016. Loss over the pairs of a mini-batch (``Θ_ij = ½ u_iᵀu_j``, ``b = sign(u)``)::
+
+        L = mean_{i≠j} [ log(1 + e^{Θ_ij}) − s_ij Θ_ij ] + η · mean_i ‖b_i − u_i‖²
+    """
+
+    name = "dpsh"
+    Params = DPSHParams
+
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        return dpsh_loss(net(x)[0], similarity(y), self.params.eta)
+
+
+@dataclass
+class HashNetParams(DeepParams):
+    """HashNet: ``alpha`` = α, the sigmoid's scale; continuation ``β_t = (1 + beta_gamma·t)^½``."""
+
+    alpha: float = 0.1
+    beta_gamma: float = 0.005
+
+
+class HashNetMethod(MiniBatchMethod):
+    """HashNet: deep learning to hash by continuation.
+
+    Cao, Long, Wang & Yu, "HashNet: Deep Learning to Hash by Continuation", ICCV 2017. With
+    ``u = tanh(β_t z)`` (``z`` the hash layer's pre-activation, ``β_t = (1 + 0.005 t)^½`` at
+    batch ``t``, as the authors' code) and class-balance weights ``w_ij``::
+
+        L = Σ_{i≠j} w_ij [ log(1 + e^{α u_iᵀu_j}) − α s_ij u_iᵀu_j ] / Σ_{i≠j} w_ij
+
+    Codes are ``sign(z)``, which equals ``sign(tanh(β z))`` for every β.
+    """
+
+    name = "hashnet"
+    Params = HashNetParams
+
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        beta = (1.0 + self.params.beta_gamma * step) ** 0.5
+        u = torch.tanh(beta * net.hash(net.forward_features(x)))
+        return hashnet_loss(u, similarity(y), self.params.alpha)
+
+
+@dataclass
+class DSHParams(DeepParams):
+    """DSH: margin ``m = margin_factor · c`` (paper: 2c) and regulariser weight ``alpha``."""
+
+    margin_factor: float = 2.0
+    alpha: float = 0.01
+
+
+class DSH(MiniBatchMethod):
+    """Deep Supervised Hashing.
+
+    Liu, Wang, Shan & Chen, "Deep Supervised Hashing for Fast Image Retrieval", CVPR 2016.
+    Contrastive loss with margin ``m = 2c`` and a regulariser towards ±1::
+
+        L = mean_{i≠j} [ ½ s_ij ‖u_i − u_j‖² + ½ (1 − s_ij) max(m − ‖u_i − u_j‖², 0) ]
+            + α · mean_i ‖ |u_i| − 1 ‖₁
+    """
+
+    name = "dsh"
+    Params = DSHParams
+
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        p = self.params
+        return dsh_loss(net(x)[0], similarity(y), p.margin_factor * p.n_bits, p.alpha)
+
+
+@dataclass
+class CSQParams(DeepParams):
+    """CSQ: ``lam`` = λ, weight of the quantisation term (authors' code: 1e-4)."""
+
+    lam: float = 1e-4
+
+
+class CSQ(MiniBatchMethod):
+    """Central Similarity Quantization.
+
+    Yuan, Wang, Li, Feng, Xu, Zheng & Feng, "Central Similarity Quantization for Efficient Image
+    and Video Retrieval", CVPR 2020. Each class gets a hash centre ``c_y`` (Hadamard rows, or
+    seeded Bernoulli codes: :func:`~ahcl.methods.losses.class_centers`); with ``h = (u+1)/2`` and
+    ``t = (c_y+1)/2``::
+
+        L = mean_{i,k} −[ t_ik log h_ik + (1 − t_ik) log(1 − h_ik) ] + λ · mean_{i,k} (|u_ik| − 1)²
+
+    Fitted ``centers_``: int8 (K, c).
+    """
+
+    name = "csq"
+    Params = CSQParams
+
+    def prepare(self, labels: np.ndarray, n_classes: int) -> None:
+        self.centers_ = class_centers(n_classes, self.params.n_bits, self.params.seed)
+        self._centers_t = torch.from_numpy(self.centers_.astype(np.float32))
+
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        return csq_loss(net(x)[0], self._centers_t[y], self.params.lam)
+
+
+SYMMETRIC: dict[str, type[MiniBatchMethod]] = {
+    "dpsh": DPSH, "hashnet": HashNetMethod, "dsh": DSH, "csq": CSQ}

@@ -46,6 +46,7 @@ __all__ = [
     "gather_numpy",
     "init_from_env",
     "is_distributed",
+    "list_image_files",
     "local_rank",
     "rank",
     "shard_slice",
@@ -159,6 +160,28 @@ def gather_numpy(array: np.ndarray, dst: int = 0) -> np.ndarray | None:
 
 
 # ---------------------------------------------------------------------- sharded encoding
+def list_image_files(root: str | os.PathLike) -> list[str]:
+    """Absolute paths of the image files anywhere under ``root``, sorted (hidden entries skipped).
+
+    Raises:
+        AhclError: ``root`` is not a folder or holds no images.
+    """
+    from ahcl.data.images import IMAGE_EXTENSIONS
+
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise AhclError(f"{root} is not a folder: pass the folder of images to encode")
+    exts = tuple(e.lower() for e in IMAGE_EXTENSIONS)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(folder, f) for f in files
+                  if not f.startswith(".") and f.lower().endswith(exts)]
+    if not found:
+        raise AhclError(f"no image files under {root} (extensions: {', '.join(exts)})")
+    return sorted(found)
+
+
 def list_hash(paths: Sequence[str], salt: str = "") -> str:
     """First 16 hex of sha256 over ``salt`` and the paths (one per line): names a shard folder."""
     h = hashlib.sha256(salt.encode())

@@ -19,9 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=info_cmd)
 
-    build = verbs.add_parser("build", help="index a run's database codes")
+    build = verbs.add_parser(
+        "build", help="index a run's database codes, or a folder of new images",
+        description="Index a run's learned database codes, or (--images) the network codes of "
+                    "every image under a folder. With --images it runs under torchrun too: "
+                    "each process encodes its share into INDEX.shards/ (a rerun after a crash "
+                    "skips the finished parts) and rank 0 writes the index.")
     build.add_argument("run", metavar="RUN")
     build.add_argument("--out", required=True, metavar="INDEX")
+    build.add_argument("--images", metavar="DIR",
+                       help="index the images under DIR (unlabelled, network codes) instead")
+    build.add_argument("--part-size", type=int, default=4096, metavar="N",
+                       help="images per unit of work and of crash recovery (default 4096)")
     build.add_argument("--json", action="store_true")
     build.set_defaults(func=build_cmd)
 
@@ -70,12 +79,37 @@ def build_cmd(args: argparse.Namespace) -> int:
     from ahcl.index import HammingIndex
     from ahcl.run import load_run
 
+    if args.images is not None:
+        return _build_from_images(args)
     run = load_run(args.run)
     index = HammingIndex(run.n_bits)
     ids = index.add(run.db_codes, labels=run.db_labels,
                     meta=[{"path": str(p)} for p in run.db_paths])
     index.save(args.out)
     _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index)})
+    return 0
+
+
+def _build_from_images(args: argparse.Namespace) -> int:
+    import shutil
+
+    from ahcl import distributed as dist
+    from ahcl.index import HammingIndex
+    from ahcl.run import load_run
+
+    dist.init_from_env()
+    run = load_run(args.run)
+    paths = dist.list_image_files(args.images)
+    shards = Path(f"{args.out}.shards")
+    codes = dist.encode_files_sharded(run, paths, shards, part_size=args.part_size)
+    if codes is None:  # not rank 0
+        return 0
+    index = HammingIndex(run.n_bits)
+    ids = index.add(codes, meta=[{"path": p} for p in paths])
+    index.save(args.out)
+    shutil.rmtree(shards, ignore_errors=True)  # the index is saved: the parts are spent
+    _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index),
+                   "processes": dist.world_size()})
     return 0
 
 

@@ -7,7 +7,6 @@ They take the same frozen backbone features as the deep methods (float32 (n, d))
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -16,6 +15,7 @@ import numpy as np
 
 from ahcl.errors import AhclError
 from ahcl.index.packing import pack_codes
+from ahcl.methods.base import ParamsMethod, check_n_bits
 from ahcl.methods.feeders import FeatureFeeder
 
 
@@ -35,11 +35,10 @@ class ShallowParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_bits <= 0 or self.n_bits % 8:
-            raise AhclError(f"n_bits must be a positive multiple of 8, got {self.n_bits}")
+        check_n_bits(self.n_bits)
 
 
-class ShallowMethod:
+class ShallowMethod(ParamsMethod):
     """Base: ``fit`` learns a projection, ``encode`` = sign(projection), sign(0) = +1.
 
     Fitted attributes: ``mean_`` float64 (d,), ``db_codes_`` packed uint8 (n, c/8),
@@ -47,18 +46,8 @@ class ShallowMethod:
     :meth:`_project`.
     """
 
-    name: ClassVar[str] = ""
     Params: ClassVar[type[ShallowParams]] = ShallowParams
 
-    def __init__(self, **params: Any) -> None:
-        try:
-            self.params = self.Params(**params)
-        except TypeError as exc:
-            raise AhclError(f"{self.name}: {exc}".replace("__init__() ", "")) from None
-
-    def get_config(self) -> dict[str, Any]:
-        """The method name and every hyper-parameter."""
-        return {"method": self.name, **dataclasses.asdict(self.params)}
 
     def fit(self, inputs: Any, labels: np.ndarray, *, n_classes: int | None = None,
             backbone: Any = None, checkpoint: Any = None,

@@ -14,7 +14,6 @@ caller's random state is untouched.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -25,6 +24,7 @@ from torch import nn
 
 from ahcl.errors import AhclError
 from ahcl.index.packing import pack_codes
+from ahcl.methods.base import ParamsMethod, check_n_bits
 from ahcl.methods.feeders import FeatureFeeder, ImageFeeder, as_feeder
 from ahcl.methods.losses import (class_centers, csq_loss, dpsh_loss, dsh_loss, hashnet_loss,
                                  similarity)
@@ -60,8 +60,7 @@ class DeepParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_bits <= 0 or self.n_bits % 8:
-            raise AhclError(f"n_bits must be a positive multiple of 8, got {self.n_bits}")
+        check_n_bits(self.n_bits)
         if self.optimizer not in ("sgd", "adam"):
             raise AhclError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 2:
@@ -70,7 +69,7 @@ class DeepParams:
             raise AhclError("lr must be > 0 and weight_decay >= 0")
 
 
-class MiniBatchMethod:
+class MiniBatchMethod(ParamsMethod):
     """Base of the deep baselines: seeded mini-batch training, codes from a forward pass.
 
     A subclass sets ``name`` and ``Params`` and writes :meth:`loss`; it may override
@@ -80,18 +79,7 @@ class MiniBatchMethod:
     database inputs, i.e. over features in frozen mode).
     """
 
-    name: ClassVar[str] = ""
     Params: ClassVar[type[DeepParams]] = DeepParams
-
-    def __init__(self, **params: Any) -> None:
-        try:
-            self.params = self.Params(**params)
-        except TypeError as exc:
-            raise AhclError(f"{self.name}: {exc}".replace("__init__() ", "")) from None
-
-    def get_config(self) -> dict[str, Any]:
-        """The method name and every hyper-parameter (replays the run)."""
-        return {"method": self.name, **dataclasses.asdict(self.params)}
 
     # ---------------------------------------------------------------- subclass hooks
     def build_net(self, in_dim: int, n_classes: int, backbone: nn.Module | None) -> nn.Module:

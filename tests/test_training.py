@@ -124,7 +124,7 @@ def test_resume_after_crash_equals_uninterrupted(synthetic_scenes, tmp_path, mon
 
 def test_resume_after_kill_9(synthetic_scenes, tmp_path):
     """A real SIGKILL in the middle of training; --resume ends with the uninterrupted result."""
-    args = ["--set", "outer_iters=40", "--set", "epochs=3"]
+    args = ["--set", "outer_iters=20", "--set", "epochs=2"]
     reference = tmp_path / "ref"
     assert _train(synthetic_scenes, reference, *args) == 0
     out = tmp_path / "killed"

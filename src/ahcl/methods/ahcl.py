@@ -82,7 +82,7 @@ class AHCLParams:
     lr_milestones: tuple[int, ...] = (10, 20)
     weight_decay: float = 5e-4
     hidden: int = 512
-    dropout: float = 0.0
+    dropout: float = 0.5
     code_sweeps: int = 1
     seed: int = 0
 

@@ -11,7 +11,9 @@ Protocol (the same for every method, AHCL included):
    the validation items as queries against the rest as database. The best setting is used for
    every code length and seed. Test queries are never looked at during selection.
 3. Each cell (method, n_bits, seed) trains on the whole database with the chosen setting and the
-   fixed training budget (:data:`BUDGETS`), encodes the queries and is evaluated. The cell's
+   fixed training budget (:data:`BUDGETS`: passes over the data, and the hash head — hidden
+   layer and dropout — that every deep method shares with AHCL's defaults), encodes the queries
+   and is evaluated. The cell's
    result is written atomically to ``cells/<method>_<bits>_s<seed>.json``; a rerun skips cells
    (and tuning files) that exist, so an interrupted benchmark resumes where it stopped.
 """
@@ -32,15 +34,21 @@ from ahcl._progress import progress_bar
 from ahcl.bench.measure import PeakMemory, backbone_seconds_per_image, sample_rows
 from ahcl.errors import AhclError
 from ahcl.eval import evaluate
+from ahcl.methods.ahcl import AHCLParams
 from ahcl.methods.registry import GRIDS, KINDS, MAX_TRIALS, create_method, get_method
+
+# The hash head every deep method shares: the project's AHCL default (hidden layer, dropout), so
+# the symmetric methods run exactly AHCL's network; the classifier shares the dropout.
+_HEAD = {"hidden": AHCLParams().hidden, "dropout": AHCLParams().dropout}
 
 # Fixed training budgets (not tuned). The deep methods get the same number of passes over the
 # training items: AHCL/ADSH make outer_iters × epochs passes over Ω = all items; the mini-batch
 # methods make `epochs` passes.
 BUDGETS: dict[str, dict[str, Any]] = {
-    "ahcl": {"outer_iters": 10, "epochs": 2, "num_samples": None, "lr_milestones": [6, 8]},
-    "adsh": {"outer_iters": 10, "epochs": 2, "num_samples": None, "lr_milestones": [6, 8]},
-    **{name: {"epochs": 20} for name in ("dpsh", "hashnet", "dsh", "csq", "classifier")},
+    **{name: {"outer_iters": 10, "epochs": 2, "num_samples": None, "lr_milestones": [6, 8],
+              **_HEAD} for name in ("ahcl", "adsh")},
+    **{name: {"epochs": 20, **_HEAD} for name in ("dpsh", "hashnet", "dsh", "csq")},
+    "classifier": {"epochs": 20, "dropout": _HEAD["dropout"]},
     "itq": {"n_iter": 50},
     "sdh": {"n_anchors": 1000, "n_iter": 5},
 }

@@ -70,7 +70,8 @@ def collectives(out: Path, scenes: str) -> None:
     np.save(out / f"features-{me}.npy", feats)
 
     ahcl.train(out / "adsh", data=scenes, method="adsh", backbone="tiny_cnn", n_bits=16,
-               outer_iters=3, hidden=32, similarity="hard")
+               outer_iters=3, hidden=32, similarity="hard", num_samples=40, batch_size=12,
+               dropout=0.0)
 
 
 def kill_encode(victim: int, after: int, argv: list[str]) -> int:

@@ -13,7 +13,7 @@ import ahcl
 def trained_run(synthetic_scenes, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist-run") / "run"
     ahcl.train(out, data=str(synthetic_scenes), backbone="tiny_cnn", n_bits=16, outer_iters=2,
-               hidden=32)
+               hidden=32, dropout=0.0)
     return out
 
 

@@ -15,8 +15,8 @@ cross entropy is the batch mean times γ.
 Under torchrun (:mod:`ahcl.distributed`) the same loop runs on every rank: each rank owns a
 contiguous block of database rows (its rows of ``V`` and of Ω), takes a contiguous slice of each
 mini-batch with DistributedDataParallel averaging the gradients (each rank's loss is scaled so that
-the average is the gradient of the whole mini-batch's loss), and reads the rows of ``V`` for Ω from
-an all-reduce of the owners' rows. The statistics (``VᵀV``, ``P``, ``UᵀU``, ``R``) are all-reduced;
+the average is the gradient of the whole mini-batch's loss), and reads the mini-batch's rows of
+``V`` from an all-reduce of the owners' rows. The statistics (``VᵀV``, ``P``, ``UᵀU``, ``R``) are all-reduced;
 no rank holds all of ``V`` or an n×c float matrix. Rank 0 gathers the packed codes to write them.
 """
 
@@ -215,7 +215,7 @@ class AHCL:
                 # draws the same masks) and restore the caller's state afterwards.
                 torch.manual_seed(int(rng.integers(2**62)) + me)
                 stats = database_stats(V, labels[rows], K, reduce=reduce)
-                v_rows = _v_rows_of(V, rows, omega, lo, hi, reduce)
+                v_rows = _v_rows_of(V, rows, reduce)
                 losses = self._network_step(model, opt, feeder, labels, v_rows, stats, omega, r,
                                             rng, world, me)
             U = self._outputs(net, feeder, omega[lo:hi])
@@ -256,11 +256,12 @@ class AHCL:
         for _ in range(p.epochs):
             order = omega[rng.permutation(len(omega))]  # reshuffled every epoch
             batches = [order[i:i + p.batch_size] for i in range(0, len(order), p.batch_size)]
-            mine = [b[dist.shard_slice(len(b), me, world)] for b in batches]
-            for full, idx, x in zip(batches, mine, feeder.batches(mine)):
+            parts = [dist.shard_slice(len(b), me, world) for b in batches]
+            mine = [b[part] for b, part in zip(batches, parts)]
+            for full, part, idx, x in zip(batches, parts, mine, feeder.batches(mine)):
                 y = torch.from_numpy(labels[idx])
                 u, logits = model(x)
-                v = torch.from_numpy(v_rows(idx).astype(np.float32))
+                v = torch.from_numpy(v_rows(full)[part].astype(np.float32))
                 pair = pairwise_loss(u, y, stats, r, p.n_bits) / (n * len(full))
                 quant = p.lam * ((v - u) ** 2).sum() / (n * len(full))
                 if not p.gamma:
@@ -412,17 +413,21 @@ def initial_codes(n: int, n_bits: int, seed: int, rows: slice | None = None,
     return V
 
 
-def _v_rows_of(V: np.ndarray, rows: slice, omega: np.ndarray, lo: int, hi: int,
-               reduce: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``idx -> V[idx]`` for database rows in Ω. Alone: a plain lookup. Under torchrun: the rows
-    of Ω are summed over ranks from a zero (m, c) array where each owner filled its own rows (one
-    non-zero contribution per entry, so the sum is exact)."""
+def _v_rows_of(V: np.ndarray, rows: slice, reduce: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``idx -> V[idx]`` (int8 (len(idx), c)) for database rows ``idx``. Alone: a lookup. Under
+    torchrun (a collective: every rank calls it with the same ``idx``): each rank fills the rows
+    it owns into a zero array and the arrays are summed, so a rank receives only one mini-batch's
+    rows (one non-zero contribution per entry: the sum is exact)."""
     if reduce is None:
         return lambda idx: V[idx]
-    own = np.zeros((len(omega), V.shape[1]), np.int32)
-    own[lo:hi] = V[omega[lo:hi] - rows.start]
-    v_omega = reduce(own).astype(np.int8)
-    return lambda idx: v_omega[np.searchsorted(omega, idx)]
+
+    def gather(idx: np.ndarray) -> np.ndarray:
+        own = np.zeros((len(idx), V.shape[1]), np.int32)
+        mask = (idx >= rows.start) & (idx < rows.stop)
+        own[mask] = V[idx[mask] - rows.start]
+        return reduce(own).astype(np.int8)
+
+    return gather
 
 
 def code_new_rows(state: CodeState, labels: np.ndarray, n_bits: int, seed: int = 0,

@@ -57,7 +57,7 @@ class Encoder:
         if "backbone" in blob:
             backbone.load_state_dict(blob["backbone"])
         net = HashNet(backbone.feature_dim, run.n_bits, len(run.classes), int(cfg["hidden"]),
-                      backbone if finetune else None)
+                      backbone if finetune else None, float(cfg.get("dropout", 0.0)))
         try:
             net.load_state_dict(blob["net"])
         except (RuntimeError, KeyError) as exc:

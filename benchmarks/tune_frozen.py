@@ -11,7 +11,6 @@ the network) against the learned codes. Features: frozen ImageNet MobileNetV2 (c
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -20,38 +19,34 @@ from pathlib import Path
 import numpy as np
 
 from ahcl._io import atomic_write_json
-from ahcl.data.folder import read_image_folder
 from ahcl.data.splits import carve_validation, make_split
 from ahcl.eval.metrics import evaluate
 from ahcl.methods.ahcl import AHCL
-from ahcl.models.features import extract_features
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _rsscn7 import features, parser  # noqa: E402
+
 
 # One change at a time from the authors' code where it applies (λ=200, γ=20, soft similarity,
 # 30 outer iterations of 2 epochs, lr drops at 10 and 20, batch 64, weight decay 5e-4).
 GRID: list[dict] = [
-    {"optimizer": "sgd", "lr": 1e-3, "hidden": 0},   # the authors' optimiser, linear hash layer
-    {"optimizer": "adam", "lr": 1e-3, "hidden": 0},
-    {"optimizer": "adam", "lr": 1e-3, "hidden": 512},
+    {"optimizer": "sgd", "lr": 1e-3, "hidden": 0, "dropout": 0.0},  # the authors' optimiser
+    {"optimizer": "adam", "lr": 1e-3, "hidden": 0, "dropout": 0.0},
+    {"optimizer": "adam", "lr": 1e-3, "hidden": 512, "dropout": 0.0},
     {"optimizer": "adam", "lr": 1e-3, "hidden": 512, "dropout": 0.5},
-    {"optimizer": "adam", "lr": 1e-4, "hidden": 512},
-    {"optimizer": "adam", "lr": 1e-3, "hidden": 512, "gamma": 50.0},
-    {"optimizer": "adam", "lr": 1e-3, "hidden": 512, "lam": 50.0},
-    {"optimizer": "adam", "lr": 1e-3, "hidden": 512, "similarity": "hard"},
+    {"optimizer": "adam", "lr": 1e-4, "hidden": 512, "dropout": 0.0},
+    {"optimizer": "adam", "lr": 1e-3, "hidden": 512, "dropout": 0.0, "gamma": 50.0},
+    {"optimizer": "adam", "lr": 1e-3, "hidden": 512, "dropout": 0.0, "lam": 50.0},
+    {"optimizer": "adam", "lr": 1e-3, "hidden": 512, "dropout": 0.0, "similarity": "hard"},
 ]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "rsscn7"))
+    ap = parser(__doc__, "tune_frozen.json")
     ap.add_argument("--bits", type=int, default=32)
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tune_frozen.json"))
     args = ap.parse_args()
-    folder = read_image_folder(args.data)
-    X = extract_features([str(p) for p in folder.absolute_paths], "mobilenet_v2")
-    y = folder.labels
+    X, y = features(args.data)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for setting in GRID:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ahcl.bench.report import ACCURACY, SYMMETRIC_DEEP
+from ahcl.methods.registry import MAX_TRIALS
 
 
 def _table(results: dict[str, Any], key: str) -> list[str]:
@@ -185,7 +186,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     out += ["## Model selection (the same for every method)", "",
             f"Validation: {cfg['val_fraction']} of each database class "
             f"({data['n_val']} images) as queries against the other {data['n_train']}; "
-            f"{cfg['tune_bits']} bits, seed {cfg['tune_seed']}; at most 4 settings per method, "
+            f"{cfg['tune_bits']} bits, seed {cfg['tune_seed']}; at most {MAX_TRIALS} settings "
+            "per method, "
             "the best validation mAP@all is used for every code length and seed.", "",
             *_tuning(results), ""]
     plots = results["plots"]

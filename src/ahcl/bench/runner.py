@@ -7,13 +7,12 @@ Protocol (the same for every method, AHCL included):
    features of all images once, through the feature cache.
 2. Model selection: a validation split (``val_fraction`` of each database class) is carved from
    the database; every setting of the method's grid (:data:`ahcl.methods.registry.GRIDS`, at most
-   4) is trained on the rest at ``tune_bits`` bits with seed ``tune_seed`` and scored by the mAP of
+   8) is trained on the rest at ``tune_bits`` bits with seed ``tune_seed`` and scored by the mAP of
    the validation items as queries against the rest as database. The best setting is used for
    every code length and seed. Test queries are never looked at during selection.
 3. Each cell (method, n_bits, seed) trains on the whole database with the chosen setting and the
-   fixed training budget (:data:`BUDGETS`: passes over the data, and the hash head — hidden
-   layer and dropout — that every deep method shares with AHCL's defaults), encodes the queries
-   and is evaluated. The cell's
+   fixed training budget (:data:`BUDGETS`: passes over the data and the hash head's width, shared
+   with AHCL's default), encodes the queries and is evaluated. The cell's
    result is written atomically to ``cells/<method>_<bits>_s<seed>.json``; a rerun skips cells
    (and tuning files) that exist, so an interrupted benchmark resumes where it stopped.
 """
@@ -37,18 +36,16 @@ from ahcl.eval import evaluate
 from ahcl.methods.ahcl import AHCLParams
 from ahcl.methods.registry import GRIDS, KINDS, MAX_TRIALS, create_method, get_method
 
-# The hash head every deep method shares: the project's AHCL default (hidden layer, dropout), so
-# the symmetric methods run exactly AHCL's network; the classifier shares the dropout.
-_HEAD = {"hidden": AHCLParams().hidden, "dropout": AHCLParams().dropout}
-
 # Fixed training budgets (not tuned). The deep methods get the same number of passes over the
-# training items: AHCL/ADSH make outer_iters × epochs passes over Ω = all items; the mini-batch
-# methods make `epochs` passes.
+# training items (AHCL/ADSH make outer_iters × epochs passes over Ω = all items; the mini-batch
+# methods make `epochs` passes) and the same hash head width as AHCL's default; the dropout
+# before the head is tuned for every method alike (ahcl.methods.registry.GRIDS).
+_HIDDEN = AHCLParams().hidden
 BUDGETS: dict[str, dict[str, Any]] = {
     **{name: {"outer_iters": 10, "epochs": 2, "num_samples": None, "lr_milestones": [6, 8],
-              **_HEAD} for name in ("ahcl", "adsh")},
-    **{name: {"epochs": 20, **_HEAD} for name in ("dpsh", "hashnet", "dsh", "csq")},
-    "classifier": {"epochs": 20, "dropout": _HEAD["dropout"]},
+              "hidden": _HIDDEN} for name in ("ahcl", "adsh")},
+    **{name: {"epochs": 20, "hidden": _HIDDEN} for name in ("dpsh", "hashnet", "dsh", "csq")},
+    "classifier": {"epochs": 20},
     "itq": {"n_iter": 50},
     "sdh": {"n_anchors": 1000, "n_iter": 5},
 }

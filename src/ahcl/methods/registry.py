@@ -30,19 +30,27 @@ KINDS: dict[str, str] = {
     "classifier": "classifier",
 }
 
-MAX_TRIALS = 4
+MAX_TRIALS = 8
 
-# Each grid varies the method's own main loss weight(s) and, where it has one, the learning rate:
-# the same kind and number of knobs for every deep method, AHCL included. Budget parameters
-# (epochs, anchors) are fixed per method in ahcl.bench.runner.BUDGETS, never in a grid.
+# Every deep method varies its own main loss weight, the learning rate and the dropout before the
+# hash head (2 × 2 × 2 = 8 trials), AHCL included and with its defaults among them; the shallow
+# methods vary what they have. Budget parameters (epochs, anchors, the hidden width) are fixed
+# per method in ahcl.bench.runner.BUDGETS, never in a grid.
+_LR_DROPOUT = [{"lr": lr, "dropout": d} for lr in (1e-3, 3e-4) for d in (0.0, 0.5)]
+
+
+def _grid(key: str, values: tuple) -> list[dict[str, Any]]:
+    return [{key: v, **rest} for v in values for rest in _LR_DROPOUT]
+
+
 GRIDS: dict[str, list[dict[str, Any]]] = {
-    "ahcl": [{"lam": lam, "gamma": g} for lam in (200.0, 50.0) for g in (20.0, 5.0)],
-    "adsh": [{"lam": lam, "lr": lr} for lam in (200.0, 50.0) for lr in (1e-3, 3e-4)],
-    "dpsh": [{"eta": eta, "lr": lr} for eta in (0.1, 0.01) for lr in (1e-3, 3e-4)],
-    "hashnet": [{"alpha": a, "lr": lr} for a in (0.1, 0.5) for lr in (1e-3, 3e-4)],
-    "dsh": [{"alpha": a, "lr": lr} for a in (0.01, 0.1) for lr in (1e-3, 3e-4)],
-    "csq": [{"lam": lam, "lr": lr} for lam in (1e-4, 1e-2) for lr in (1e-3, 3e-4)],
-    "classifier": [{"hidden": h, "lr": lr} for h in (0, 512) for lr in (1e-3, 3e-4)],
+    "ahcl": _grid("gamma", (20.0, 5.0)),
+    "adsh": _grid("lam", (200.0, 50.0)),
+    "dpsh": _grid("eta", (0.1, 0.01)),
+    "hashnet": _grid("alpha", (0.1, 0.5)),
+    "dsh": _grid("alpha", (0.01, 0.1)),
+    "csq": _grid("lam", (1e-4, 1e-2)),
+    "classifier": _grid("hidden", (0, 512)),
     "lsh": [{}],
     "itq": [{}],
     "sdh": [{"nu": nu, "lam": lam} for nu in (1e-5, 1e-2) for lam in (1.0, 0.01)],

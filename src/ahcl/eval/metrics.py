@@ -27,12 +27,15 @@ counts of all items come out of the sort itself through one marker item per dist
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from ahcl._progress import progress
+from ahcl._progress import progress_bar
 from ahcl.errors import AhclError
 from ahcl.index.hamming import as_words, distance_block
 from ahcl.index.packing import as_packed
@@ -122,7 +125,8 @@ class RetrievalReport:
 
 def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.ndarray,
              db_labels: np.ndarray, topk: Sequence[int] = (10, 100, 1000), radius: int = 2,
-             *, curve_ks: Sequence[int] | None = None, chunk: int | None = None) -> RetrievalReport:
+             *, curve_ks: Sequence[int] | None = None, chunk: int | None = None,
+             threads: int | None = None) -> RetrievalReport:
     """Rank the database for every query by Hamming distance and report retrieval metrics.
 
     Args:
@@ -135,6 +139,8 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
         radius: Hamming radius of ``precision_at_radius`` (clipped to ``n_bits``).
         curve_ks: ks of ``precision_curve``; default :data:`DEFAULT_CURVE_KS` (those ``<= n``).
         chunk: queries per block (default: about 8 MB of working memory per block).
+        threads: threads working on query blocks (default: the number of CPUs); the result does
+            not depend on it beyond floating-point summation order.
 
     Returns:
         A :class:`RetrievalReport`. Queries with no relevant item count with AP = 0 (they are
@@ -160,7 +166,6 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
     if radius < 0:
         raise EvaluationError(f"radius must be >= 0, got {radius}")
 
-    acc = _Accumulator(n, n_bits, np.array(ks + cks, dtype=np.int64))
     if chunk is None:
         chunk = max(1, _CHUNK_BYTES // (20 * n))
     if chunk < 1:
@@ -168,18 +173,40 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
     chunk = min(chunk, nq)
     qw, dw = as_words(qc), as_words(dc)
     levels = n_bits + 1
-    # Each row gets one marker item per distance r (index n + r, distance r) after the database:
-    # the stable sort puts marker r last in bucket r, so the sorted order itself tells where
-    # each bucket ends and no separate histogram pass over all pairs is needed.
-    dist = np.empty((chunk, n + levels), dtype=np.uint8 if n_bits <= 255 else np.uint16)
-    dist[:, n:] = np.arange(levels)
-    scratch = np.empty((chunk, n), dtype=qw.dtype)
-    for start in progress(range(0, nq, chunk), total=-(-nq // chunk), desc="evaluate"):
-        stop = min(start + chunk, nq)
-        c = stop - start
-        distance_block(qw[start:stop], dw, dist[:c, :n], scratch[:c])
-        acc.add(c, *relevance.ranked(start, stop, dist[:c]))
+    starts = list(range(0, nq, chunk))
+    n_threads = max(1, min(threads if threads is not None else (os.cpu_count() or 1),
+                           len(starts)))
+    bar = progress_bar(len(starts), desc="evaluate")
+    lock = threading.Lock()
 
+    def work(my_starts: list[int]) -> _Accumulator:
+        acc = _Accumulator(n, n_bits, np.array(ks + cks, dtype=np.int64))
+        # Each row gets one marker item per distance r (index n + r, distance r) after the
+        # database: the stable sort puts marker r last in bucket r, so the sorted order itself
+        # tells where each bucket ends and no separate histogram pass over all pairs is needed.
+        dist = np.empty((chunk, n + levels), dtype=np.uint8 if n_bits <= 255 else np.uint16)
+        dist[:, n:] = np.arange(levels)
+        scratch = np.empty((chunk, n), dtype=qw.dtype)
+        for start in my_starts:
+            stop = min(start + chunk, nq)
+            c = stop - start
+            distance_block(qw[start:stop], dw, dist[:c, :n], scratch[:c])
+            acc.add(c, *relevance.ranked(start, stop, dist[:c]))
+            with lock:
+                bar.update(1)
+        return acc
+
+    # numpy releases the GIL in its popcount, sort and gather loops, so query blocks run in
+    # threads; blocks are dealt round-robin and merged in thread order (deterministic sums).
+    if n_threads == 1:
+        accs = [work(starts)]
+    else:
+        with ThreadPoolExecutor(n_threads) as pool:
+            accs = list(pool.map(work, [starts[i::n_threads] for i in range(n_threads)]))
+    bar.close()
+    acc = accs[0]
+    for other in accs[1:]:
+        acc.merge(other)
     return acc.report(ks, cks, radius, nq)
 
 
@@ -273,6 +300,12 @@ class _Accumulator:
         self.pr_precision = np.zeros(self.levels)
         self.pr_recall = np.zeros(self.levels)
         self.no_relevant = 0
+
+    def merge(self, other: "_Accumulator") -> None:
+        """Add another accumulator's sums (blocks evaluated in another thread)."""
+        for name in ("ap", "ap_tie", "ap_at", "hits_at", "recall_at", "pr_precision",
+                     "pr_recall", "no_relevant"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def add(self, c: int, flat: np.ndarray, is_marker: np.ndarray) -> None:
         """Add a block of ``c`` queries from :meth:`_Relevance.ranked`."""

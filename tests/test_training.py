@@ -273,3 +273,29 @@ def test_finetune_mode_end_to_end(synthetic_scenes, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out), "--json"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["map"] <= 1
+
+
+@pytest.mark.parametrize("method", ["dpsh", "csq"])
+def test_symmetric_baselines_write_runs_too(synthetic_scenes, tmp_path, capsys, method):
+    out = tmp_path / method
+    assert main(["train", "--data", str(synthetic_scenes), "--out", str(out), "--method", method,
+                 "--backbone", "tiny_cnn", "--bits", "16", "--set", "epochs=3",
+                 "--set", "hidden=32"]) == 0
+    run = ahcl.load_run(out)
+    assert run.method == method and not (out / "code_state.npz").exists()
+    # A symmetric method's database codes are the network's codes of the database images.
+    np.testing.assert_array_equal(run.encode(run.db_paths), run.db_codes)
+    with pytest.raises(RunError, match="no database-code step"):
+        run.codes_for_labelled(run.db_paths[:1], np.array([0]))
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["map"] > 0.3
+
+
+def test_untrainable_methods_point_to_the_benchmark(synthetic_scenes, tmp_path, capsys):
+    assert _train(synthetic_scenes, tmp_path / "x", "--set", "method=lsh") == 1
+    assert "ahcl benchmark" in capsys.readouterr().err
+    # Keys of another method are refused by name.
+    assert main(["train", "--data", str(synthetic_scenes), "--out", str(tmp_path / "y"),
+                 "--method", "dpsh", "--set", "lam=3"]) == 1
+    assert "unknown config key 'lam' for method dpsh" in capsys.readouterr().err

@@ -18,6 +18,23 @@ from ahcl.errors import AhclError
 from ahcl.methods.ahcl import AHCLParams
 
 MODES = ("frozen", "finetune")
+# Methods `ahcl train` writes runs for: the asymmetric ones and the deep symmetric baselines
+# (all share the HashNet network, so a run's encoder is the same). The shallow baselines and
+# classifier codes run through `ahcl benchmark` and the Python API.
+TRAINABLE = ("ahcl", "adsh", "dpsh", "hashnet", "dsh", "csq")
+ASYMMETRIC = ("ahcl", "adsh")
+
+
+def params_class(method: str) -> type:
+    """The hyper-parameter dataclass of a trainable method."""
+    if method in ASYMMETRIC:
+        return AHCLParams
+    if method in TRAINABLE:
+        from ahcl.methods.symmetric import SYMMETRIC
+
+        return SYMMETRIC[method].Params
+    raise AhclError(f"ahcl train supports the methods {', '.join(TRAINABLE)}; got {method!r} "
+                    "(the shallow baselines and classifier codes run through ahcl benchmark)")
 
 
 @dataclass
@@ -38,7 +55,8 @@ class TrainConfig:
         feature_cache: feature cache folder (default ``$AHCL_CACHE`` or ``~/.cache/ahcl/features``).
         batch_size_features: images per batch when extracting frozen features.
         num_workers: image-loading worker processes.
-        params: the method's hyper-parameters (``n_bits``, ``lam``, ``gamma``, ``seed``, ...).
+        params: the method's hyper-parameters (``n_bits``, ``lam``, ``gamma``, ``seed``, ...):
+            :class:`AHCLParams` for AHCL/ADSH, the baseline's own dataclass otherwise.
     """
 
     data: str | None = None
@@ -54,7 +72,7 @@ class TrainConfig:
     feature_cache: str | None = None
     batch_size_features: int = 32
     num_workers: int = 0
-    params: AHCLParams = field(default_factory=AHCLParams)
+    params: Any = field(default_factory=AHCLParams)
 
     def validate(self) -> "TrainConfig":
         """Check values that need no data; returns ``self``."""
@@ -64,42 +82,46 @@ class TrainConfig:
             raise AhclError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not 0 <= self.query_fraction < 1:
             raise AhclError(f"query_fraction must be in [0, 1), got {self.query_fraction}")
-        from ahcl.methods.ahcl import get_method
-
-        get_method(self.method)
+        params_class(self.method)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, JSON-safe dict (``params`` merged in)."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "params"}
         params = dataclasses.asdict(self.params)
-        params["lr_milestones"] = list(params["lr_milestones"])
+        if "lr_milestones" in params:
+            params["lr_milestones"] = list(params["lr_milestones"])
         return {**out, **params}
 
 
 _RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"params"}
-_PARAM_KEYS = {f.name for f in dataclasses.fields(AHCLParams)}
 
 
 def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """Apply flat ``values`` over ``base`` (default: the built-in defaults)."""
+    """Apply flat ``values`` over ``base`` (default: the built-in defaults).
+
+    Method keys are checked against the chosen method's hyper-parameters; switching the method
+    starts its hyper-parameters from that method's defaults.
+    """
     base = base or TrainConfig()
     run = {k: v for k, v in dataclasses.asdict(base).items() if k != "params"}
-    params = dataclasses.asdict(base.params)
+    run.update({k: v for k, v in values.items() if k in _RUN_KEYS})
+    cls = params_class(run["method"])
+    params = dataclasses.asdict(base.params) if isinstance(base.params, cls) else {}
+    param_keys = {f.name for f in dataclasses.fields(cls)}
     for key, value in values.items():
-        if key in _RUN_KEYS:
-            run[key] = value
-        elif key in _PARAM_KEYS:
+        if key in param_keys:
             params[key] = value
-        else:
-            known = ", ".join(sorted(_RUN_KEYS | _PARAM_KEYS))
-            raise AhclError(f"unknown config key {key!r}; known keys: {known}")
+        elif key not in _RUN_KEYS:
+            known = ", ".join(sorted(_RUN_KEYS | param_keys))
+            raise AhclError(f"unknown config key {key!r} for method {run['method']}; "
+                            f"known keys: {known}")
     if run["method"] == "adsh":
-        if params["gamma"] and "gamma" in values:
+        if params.get("gamma") and "gamma" in values:
             raise AhclError("ADSH has no semantic term: gamma must be 0 (use method ahcl)")
         params["gamma"] = 0.0  # ADSH is AHCL with γ = 0
     try:
-        return TrainConfig(**run, params=AHCLParams(**params))
+        return TrainConfig(**run, params=cls(**params))
     except TypeError as exc:
         raise AhclError(f"bad config value: {exc}") from None
 

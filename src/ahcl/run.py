@@ -28,8 +28,8 @@ from ahcl.errors import RunError
 
 RUN_FORMAT = "ahcl-run"
 RUN_VERSION = 1
-RUN_FILES = ("run.json", "config.json", "split.json", "model.pt", "db_codes.npy", "db.json",
-             "code_state.npz")
+RUN_FILES = ("run.json", "config.json", "split.json", "model.pt", "db_codes.npy", "db.json")
+ASYMMETRIC_FILES = ("code_state.npz",)  # runs of AHCL / ADSH only
 
 
 def sha256_file(path: str | Path) -> str:
@@ -114,6 +114,9 @@ class Run:
         labels = np.asarray(labels, dtype=np.int64)
         if len(paths) != len(labels):
             raise RunError(f"{len(paths)} images but {len(labels)} labels")
+        if not (self.path / "code_state.npz").is_file():
+            raise RunError(f"{self.method} has no database-code step (only ahcl and adsh do): "
+                           "add these images without a label to give them network codes")
         with np.load(self.path / "code_state.npz", allow_pickle=False) as z:
             state = CodeState(z["gram_u"], z["class_sums_u"], float(z["r"]), float(z["lam"]))
         return pack_codes(code_new_rows(state, labels, self.n_bits, seed=int(self.config["seed"])))
@@ -183,7 +186,11 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"run folder {path} not found")
-    missing = [name for name in RUN_FILES if not (path / name).is_file()]
+    required = RUN_FILES
+    if (path / "config.json").is_file() and _read_json(path / "config.json").get("method") in (
+            "ahcl", "adsh"):
+        required += ASYMMETRIC_FILES
+    missing = [name for name in required if not (path / name).is_file()]
     if missing:
         hint = " (training unfinished? resume with ahcl train --resume)" if "run.json" in missing \
             else ""

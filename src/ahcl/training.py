@@ -81,7 +81,8 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
 
     from ahcl.data.splits import save_split
     from ahcl.encoder import build_backbone
-    from ahcl.methods.ahcl import get_method
+    from ahcl.config import ASYMMETRIC
+    from ahcl.methods.registry import get_method
     from ahcl.methods.feeders import ImageFeeder
     from ahcl.models.features import extract_features
 
@@ -133,6 +134,8 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
         trainable_backbone = backbone
     features_s = time.perf_counter() - t_feat
 
+    if config.method not in ASYMMETRIC and dist.is_distributed():
+        raise AhclError(f"{config.method} trains in one process only; run it without torchrun")
     method = get_method(config.method)(**_params(config))
     metrics_path = out / "metrics.jsonl"
 
@@ -157,10 +160,11 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     _save_model(out / "model.pt", method.net_, backbone, config)
     with atomic_write(out / "db_codes.npy") as f:
         np.save(f, method.db_codes_, allow_pickle=False)
-    st = method.code_state_
-    with atomic_write(out / "code_state.npz") as f:
-        np.savez(f, gram_u=st.gram_u, class_sums_u=st.class_sums_u, r=np.float64(st.r),
-                 lam=np.float64(st.lam))
+    if config.method in ASYMMETRIC:  # the code step for new labelled items needs these
+        st = method.code_state_
+        with atomic_write(out / "code_state.npz") as f:
+            np.savez(f, gram_u=st.gram_u, class_sums_u=st.class_sums_u, r=np.float64(st.r),
+                     lam=np.float64(st.lam))
     atomic_write_json(out / "db.json", {
         "root": str(data.root), "classes": data.classes,
         "paths": [data.paths[i] for i in db_rows], "labels": db_labels.tolist()})

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--data", metavar="DIR", help="folder with one sub-folder per class")
     src.add_argument("--dataset", metavar="NAME", help="registered dataset (ahcl datasets list)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    p.add_argument("--method", choices=("ahcl", "adsh"))
+    p.add_argument("--method", choices=("ahcl", "adsh", "dpsh", "hashnet", "dsh", "csq"),
+                   help="ahcl (default), adsh, or a symmetric deep baseline")
     p.add_argument("--bits", type=int, help="code length n_bits (multiple of 8; default 32)")
     p.add_argument("--backbone", help="backbone name (default mobilenet_v2)")
     p.add_argument("--mode", choices=("frozen", "finetune"))
@@ -59,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
 
     dist.init_from_env()
     config = config_from_args(args)
-    total = config.params.outer_iters
+    total = getattr(config.params, "outer_iters", None) or config.params.epochs
 
     def show(row: dict) -> None:
-        print(f"iteration {row['iteration'] + 1}/{total}  loss {row['loss']:.4f}  "
-              f"bits changed {row['bits_changed']:.3f}  {row['seconds']:.1f}s",
+        extra = (f"  bits changed {row['bits_changed']:.3f}  {row['seconds']:.1f}s"
+                 if "bits_changed" in row else "")
+        print(f"iteration {row['iteration'] + 1}/{total}  loss {row['loss']:.4f}{extra}",
               file=sys.stderr)
 
     result = train_run(config, args.out, resume=args.resume, on_iteration=show)

@@ -197,3 +197,17 @@ def test_compaction_with_heavy_ties_matches_brute_force(n_bits: int) -> None:
             d, i = index.search(queries, k)
             np.testing.assert_array_equal(d, ref_d)
             np.testing.assert_array_equal(i, ref_i)
+
+
+def test_codes_of_returns_stored_codes_across_segments():
+    from ahcl.index import HammingIndex
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (5, 4), dtype=np.uint8)
+    b = rng.integers(0, 256, (3, 4), dtype=np.uint8)
+    index = HammingIndex(32)
+    index.add(a)
+    index.add(b, ids=[100, 7, 50])
+    np.testing.assert_array_equal(index.codes_of([7, 0, 4, 100]), np.stack([b[1], a[0], a[4], b[0]]))
+    with pytest.raises(ValueError):
+        index.codes_of([999])

@@ -350,6 +350,14 @@ class HammingIndex:
         """``int64`` labels of ``ids`` (``-1`` unknown label); raises on ids not indexed."""
         return self.labels[self._positions_of(ids)]
 
+    def codes_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Stored packed codes of ``ids``: ``uint8 (len(ids), n_bits/8)``; raises on unknown ids."""
+        seg, local = self._locate(self._positions_of(ids))
+        out = np.empty((len(seg), self.n_bits // 8), dtype=np.uint8)
+        for row, (s, i) in enumerate(zip(seg, local)):
+            out[row] = self._segments[int(s)].codes[int(i)]
+        return out
+
     def meta_of(self, ids: Sequence[int] | np.ndarray) -> list[dict | None]:
         """Metadata dicts of ``ids`` (``None`` where none was given); raises on unknown ids."""
         return self._meta_at(self._positions_of(ids))

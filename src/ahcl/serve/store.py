@@ -239,14 +239,11 @@ class Archive:
         Raises:
             UnknownItemError: no such id.
         """
-        # HammingIndex has no public accessor for stored codes; this reads its segments.
         with self._lock:
             try:
-                pos = self.index._positions_of([item_id])
+                return self.index.codes_of([item_id])
             except (ValueError, OverflowError):
                 raise UnknownItemError(f"no archive item has id {item_id}") from None
-            seg, local = self.index._locate(pos)
-            return np.array(self.index._segments[int(seg[0])].codes[int(local[0])][None, :])
 
     # ------------------------------------------------------------------ search
     def encode(self, images: list[Image.Image]) -> np.ndarray:

@@ -52,7 +52,7 @@ def main() -> int:
                                    db_labels),
             "inserted, labelled": (half.encode(X[q]),
                                    np.concatenate([half.db_codes_,
-                                                   half.codes_for_labels(y[inserted], seed)]),
+                                                   half.codes_for_labels(y[inserted])]),
                                    db_labels),
         }
         for name, (qc, dc, dl) in variants.items():

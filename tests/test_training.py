@@ -299,3 +299,11 @@ def test_untrainable_methods_point_to_the_benchmark(synthetic_scenes, tmp_path, 
     assert main(["train", "--data", str(synthetic_scenes), "--out", str(tmp_path / "y"),
                  "--method", "dpsh", "--set", "lam=3"]) == 1
     assert "unknown config key 'lam' for method dpsh" in capsys.readouterr().err
+
+
+def test_labelled_additions_depend_on_the_label_only(run_dir):
+    run = ahcl.load_run(run_dir)
+    one = run.codes_for_labelled(["a"], np.array([2]))
+    many = run.codes_for_labelled(["a", "b", "c", "d"], np.array([0, 2, 2, 1]))
+    np.testing.assert_array_equal(many[1], one[0])
+    np.testing.assert_array_equal(many[2], one[0])

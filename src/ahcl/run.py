@@ -119,7 +119,7 @@ class Run:
                            "add these images without a label to give them network codes")
         with np.load(self.path / "code_state.npz", allow_pickle=False) as z:
             state = CodeState(z["gram_u"], z["class_sums_u"], float(z["r"]), float(z["lam"]))
-        return pack_codes(code_new_rows(state, labels, self.n_bits, seed=int(self.config["seed"])))
+        return pack_codes(code_new_rows(state, labels, self.n_bits))
 
     def search(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Hit]]:
         """Encode ``paths`` and rank the database: for each query, the ``k`` nearest hits

@@ -176,8 +176,9 @@ def test_add_labelled_and_unlabelled_then_delete(api, run_dir: Path) -> None:
     reopened = Archive.open(run_dir)  # persisted through the index file
     assert len(reopened) == 75 and reopened.item(73)["class"] == "forest"
     assert client.get("/api/classes").json()["unlabelled"] == 1
-    hits = client.post("/api/search", json={"id": 72, "k": 1}).json()["hits"]
-    assert hits[0]["id"] == 73 and hits[0]["distance"] == 0  # same class, same code step
+    hits = client.post("/api/search", json={"id": 72, "k": 100}).json()["hits"]
+    # Same label, same code step: item 73 has item 72's code (learned forest items may too).
+    assert {h["id"]: h["distance"] for h in hits}[73] == 0
     assert client.get("/api/items/74/image").status_code == 200
 
     assert client.delete("/api/items/72", headers=AUTH).json() == {"deleted": 72, "count": 74}

@@ -302,16 +302,16 @@ class AHCL:
         """Query codes ``sign(u)`` (sign(0) = +1), packed uint8 (n, n_bits/8)."""
         return pack_codes(self.encode_u(inputs))
 
-    def codes_for_labels(self, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    def codes_for_labels(self, labels: np.ndarray) -> np.ndarray:
         """Database codes for new labelled items: the code step for those rows alone.
 
         With Ū = 0 for rows outside Ω, a new row's code depends only on its label and the
-        stored ``(M, R, r, λ)``; several sweeps from a seeded random start reach a fixed point.
+        stored ``(M, R, r, λ)``: sweeps from ``sign(R[y])`` until a fixed point.
 
         Returns:
             packed uint8 (len(labels), n_bits/8).
         """
-        return pack_codes(code_new_rows(self.code_state_, labels, self.params.n_bits, seed))
+        return pack_codes(code_new_rows(self.code_state_, labels, self.params.n_bits))
 
     # ------------------------------------------------------------------ checkpoint
     def _save_checkpoint(self, path: str | Path, next_iter: int, V: np.ndarray, net: nn.Module,
@@ -430,15 +430,19 @@ def _v_rows_of(V: np.ndarray, rows: slice, reduce: Any) -> Callable[[np.ndarray]
     return gather
 
 
-def code_new_rows(state: CodeState, labels: np.ndarray, n_bits: int, seed: int = 0,
+def code_new_rows(state: CodeState, labels: np.ndarray, n_bits: int,
                   max_sweeps: int = 10) -> np.ndarray:
-    """The code step for rows outside Ω (Ū = 0), swept until no bit changes: int8 (len, n_bits)."""
+    """The code step for rows outside Ω (Ū = 0), swept until no bit changes: int8 (len, n_bits).
+
+    Each row starts from ``sign(R[y])``, the sign of its class's summed network outputs (the
+    direction the step pulls towards), so the result depends on the label alone: items added
+    with the same label get the same code, whatever order or batch they come in.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     K = state.class_sums_u.shape[0]
     if len(labels) and (labels.min() < 0 or labels.max() >= K):
         raise AhclError(f"labels must be class ids in 0..{K - 1}")
-    V = np.where(np.random.default_rng([seed, 0xBEEF]).random((len(labels), n_bits)) < 0.5,
-                 -1, 1).astype(np.int8)
+    V = np.where(state.class_sums_u[labels] >= 0, 1, -1).astype(np.int8).reshape(-1, n_bits)
     for _ in range(max_sweeps):
         before = V.copy()
         code_step_from_stats(V, labels, state.gram_u, state.class_sums_u, state.r, state.lam)

@@ -14,7 +14,6 @@ is the archive. Three archives, the same queries:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

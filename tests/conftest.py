@@ -49,6 +49,19 @@ def mobilenet_weights() -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch intra-op thread for the whole session: the problems are tiny, and on a busy
+    2-core machine OpenMP threads spinning against other jobs make them many times slower.
+    (Session scope: results compared for byte equality must all come from one thread count.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory):
     """Keep the feature cache and dataset root of the whole test session in a temp folder."""
     saved = {k: os.environ.get(k) for k in ("AHCL_CACHE", "AHCL_DATA")}

@@ -15,7 +15,7 @@ import torch
 from ahcl import __version__
 from ahcl._io import atomic_write, atomic_write_json, atomic_write_text
 from ahcl.config import TrainConfig
-from ahcl.errors import AhclError, RunError
+from ahcl.errors import AhclError
 from ahcl.run import RUN_FORMAT, RUN_VERSION, Run, load_run, sha256_file
 
 log = logging.getLogger(__name__)

@@ -16,17 +16,6 @@ from ahcl.errors import AhclError
 from ahcl.methods.registry import METHODS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tiny problems run several times faster than with threads that
-    fight the other jobs of a shared machine for cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 FAST = [
     "--set", "ahcl.outer_iters=2", "--set", "adsh.outer_iters=2",
     "--set", "ahcl.lr_milestones=[]", "--set", "adsh.lr_milestones=[]",

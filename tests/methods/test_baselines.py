@@ -17,17 +17,6 @@ from ahcl.methods.losses import (class_centers, csq_loss, dpsh_loss, dsh_loss, h
 from ahcl.methods.registry import GRIDS, KINDS, MAX_TRIALS, METHODS, create_method, get_method
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tiny problems run several times faster than with threads that
-    fight the other jobs of a shared machine for cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 LOG1PE = math.log(1 + math.e)
 
 

@@ -31,14 +31,6 @@ FEATURE_DIMS = {
 HEAVY = {"vgg11", "vgg16", "vgg19", "resnet101"}  # > 40M parameters: slow to initialise on CPU
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP spinning makes tiny forwards 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_registry_lists_required_names_and_every_name_has_an_expected_width():
     names = list_backbones()

@@ -29,14 +29,6 @@ N_IMAGES = 8
 TINY_RECORD = KEY_SIZE + 4 * 64 + 4
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP spinning makes tiny forwards 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def images(tmp_path) -> list[Path]:

@@ -108,8 +108,8 @@ def verdict(results: dict[str, Any]) -> list[str]:
     tie = [summary["ahcl"][b]["map_tie_aware"]["mean"]
            - max(summary[m][b]["map_tie_aware"]["mean"] for m in sym if b in summary[m])
            for b in bits]
-    lines.append(f"- With the tie-aware mAP (no credit from the order of tied items), AHCL − best "
-                 f"symmetric: " + ", ".join(f"{d:+.4f} ({b} bits)" for d, b in zip(tie, bits))
+    lines.append("- With the tie-aware mAP (no credit from the order of tied items), AHCL − best "
+                 "symmetric: " + ", ".join(f"{d:+.4f} ({b} bits)" for d, b in zip(tie, bits))
                  + ".")
     for other in ("adsh", "classifier"):
         if other in summary:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +38,8 @@ from ahcl import distributed as dist
 from ahcl._io import atomic_write
 from ahcl.errors import AhclError
 from ahcl.index.packing import pack_codes, unpack_codes
-from ahcl.methods.feeders import FeatureFeeder, ImageFeeder, as_feeder
+from ahcl.methods.feeders import (FeatureFeeder, ImageFeeder, as_feeder,
+                                  check_training_inputs)
 from ahcl.methods.solver import (code_step_from_stats, code_step_shard, database_stats,
                                  dissimilar_weight, pairwise_loss)
 from ahcl.models.heads import HashNet
@@ -176,15 +177,8 @@ class AHCL:
             ``self``.
         """
         p = self.params
-        feeder = as_feeder(inputs)
-        labels = np.asarray(labels, dtype=np.int64)
+        feeder, labels, K, in_dim = check_training_inputs(inputs, labels, n_classes, backbone)
         n = len(labels)
-        if len(feeder) != n:
-            raise AhclError(f"{len(feeder)} inputs but {n} labels")
-        K = int(n_classes if n_classes is not None else labels.max() + 1)
-        if len(np.unique(labels)) < 2:
-            raise AhclError("training needs at least two classes")
-        in_dim = backbone.feature_dim if backbone is not None else feeder.features.shape[1]
         net = self.build_net(in_dim, K, backbone)
         opt = self._optimizer(net)
         world, me = dist.world_size(), dist.rank()

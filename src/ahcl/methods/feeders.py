@@ -54,6 +54,31 @@ class ImageFeeder:
         yield from loader
 
 
+def check_training_inputs(inputs: np.ndarray | FeatureFeeder | ImageFeeder, labels: np.ndarray,
+                          n_classes: int | None, backbone: torch.nn.Module | None
+                          ) -> tuple[FeatureFeeder | ImageFeeder, np.ndarray, int, int]:
+    """Validate what ``fit`` receives (shared by every deep method).
+
+    Returns:
+        ``(feeder, labels int64 (n,), K, in_dim)``; ``in_dim`` is the backbone's feature size in
+        finetune mode, else the feature matrix's width.
+
+    Raises:
+        AhclError: inputs and labels differ in length, or fewer than two classes.
+    """
+    from ahcl.errors import AhclError
+
+    feeder = as_feeder(inputs)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(feeder) != len(labels):
+        raise AhclError(f"{len(feeder)} inputs but {len(labels)} labels")
+    if len(np.unique(labels)) < 2:
+        raise AhclError("training needs at least two classes")
+    K = int(n_classes if n_classes is not None else labels.max() + 1)
+    in_dim = backbone.feature_dim if backbone is not None else feeder.features.shape[1]
+    return feeder, labels, K, in_dim
+
+
 def as_feeder(inputs: np.ndarray | FeatureFeeder | ImageFeeder) -> FeatureFeeder | ImageFeeder:
     """Wrap a feature matrix in a :class:`FeatureFeeder`; pass feeders through."""
     if isinstance(inputs, (FeatureFeeder, ImageFeeder)):

@@ -25,7 +25,8 @@ from torch import nn
 from ahcl.errors import AhclError
 from ahcl.index.packing import pack_codes
 from ahcl.methods.base import ParamsMethod, check_n_bits
-from ahcl.methods.feeders import FeatureFeeder, ImageFeeder, as_feeder
+from ahcl.methods.feeders import (FeatureFeeder, ImageFeeder, as_feeder,
+                                  check_training_inputs)
 from ahcl.methods.losses import (class_centers, csq_loss, dpsh_loss, dsh_loss, hashnet_loss,
                                  similarity)
 from ahcl.models.heads import HashNet
@@ -117,15 +118,8 @@ class MiniBatchMethod(ParamsMethod):
         """
         del checkpoint
         p = self.params
-        feeder = as_feeder(inputs)
-        labels = np.asarray(labels, dtype=np.int64)
+        feeder, labels, K, in_dim = check_training_inputs(inputs, labels, n_classes, backbone)
         n = len(labels)
-        if len(feeder) != n:
-            raise AhclError(f"{len(feeder)} inputs but {n} labels")
-        if len(np.unique(labels)) < 2:
-            raise AhclError("training needs at least two classes")
-        K = int(n_classes if n_classes is not None else labels.max() + 1)
-        in_dim = backbone.feature_dim if backbone is not None else feeder.features.shape[1]
         tic = time.perf_counter()
         history: list[dict[str, Any]] = []
         with torch.random.fork_rng(devices=[]):

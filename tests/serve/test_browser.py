@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ahcl.serve import Archive, ServerThread, ServeSettings, create_app
+from tests.serve.conftest import TOKEN, noise_png
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags chromium's own connections get refused in sandboxes.
@@ -41,6 +42,7 @@ def test_upload_results_click_and_browse(browser, run_dir: Path, tmp_path: Path)
         page.goto(server.url + "/")
         page.wait_for_selector("#class-list button")
         assert page.locator("#class-list button").count() == 6
+        assert page.locator("#add-panel").is_hidden()  # writes disabled: no add form
 
         page.fill("#k", "8")
         page.select_option("#qclass", label=archive.run.classes[archive.run.db_labels[40]])
@@ -73,5 +75,52 @@ def test_upload_results_click_and_browse(browser, run_dir: Path, tmp_path: Path)
         assert page.locator("#results .card").count() == 12
         page.locator("#results .card").first.click()
         page.wait_for_selector("#results .hit")
+        assert not errors, errors
+        page.close()
+
+
+def test_add_images_through_the_form(browser, run_dir: Path) -> None:
+    archive = Archive.open(run_dir)
+    before = len(archive)
+    name = archive.classes[2]
+    count_before = archive.class_counts()[0][2]
+    files = [{"name": f"new{i}.png", "mimeType": "image/png", "buffer": noise_png(100 + i)}
+             for i in range(2)]
+    with ServerThread(create_app(archive, ServeSettings(token=TOKEN))) as server:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url + "/")
+        page.wait_for_selector("#add-panel:not([hidden])")
+        assert page.locator("#add-token").is_visible()
+        assert page.locator("#add-class option").all_inner_texts()[1:] == list(archive.classes)
+
+        # no token: the server's 401 message is shown and nothing is added
+        page.set_input_files("#add-files", files)
+        page.select_option("#add-class", label=name)
+        page.click("#add-submit")
+        page.wait_for_function("document.getElementById('add-status').textContent"
+                               ".startsWith('add failed: 401: ')")
+        assert len(archive) == before
+
+        page.fill("#add-token", TOKEN)
+        page.click("#add-submit")
+        page.wait_for_function("document.getElementById('add-status').textContent"
+                               ".startsWith('added ')")
+        assert len(archive) == before + 2
+        new_ids = sorted(archive.items(2, 0, 500)[1], key=lambda it: it["id"])[-2:]
+        assert page.locator("#add-status").inner_text() == (
+            f"added #{new_ids[0]['id']}, #{new_ids[1]['id']}; "
+            f"the archive now holds {before + 2} items")
+        # the header count and the class list were refreshed from /api/info and /api/classes
+        page.wait_for_function(f"document.getElementById('info').textContent"
+                               f".startsWith('{before + 2} items')")
+        assert page.locator("#class-list button").nth(2).inner_text() == \
+            f"{name} ({count_before + 2})"
+        assert page.locator("#add-class").input_value() == name  # choice kept across refresh
+        assert page.evaluate("sessionStorage.getItem('ahcl-token')") == TOKEN
+        page.reload()
+        page.wait_for_selector("#add-panel:not([hidden])")
+        assert page.locator("#add-token").input_value() == TOKEN  # kept for the session
         assert not errors, errors
         page.close()

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { classes: [], browse: null, queryLabel: -1 };
+const state = { classes: [], browse: null, queryLabel: -1, info: null };
 
 function el(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -112,20 +112,84 @@ async function browse(label, offset = 0) {
   } catch (err) { status(`browse failed: ${err.message}`); }
 }
 
-async function init() {
-  const [info, classes] = await Promise.all([api("/api/info"), api("/api/classes")]);
+function showInfo(info) {
+  state.info = info;
   $("info").textContent = `${info.items} items · ${info.n_bits} bits · ${info.model.method}/${info.model.backbone}`;
+}
+
+function keepValue(select, fill) {  // refill a <select> without losing the user's choice
+  const value = select.value;
+  fill();
+  if ([...select.options].some((o) => o.value === value)) select.value = value;
+}
+
+function showClasses(classes) {
   state.classes = classes.classes;
-  const list = $("class-list");
   const entries = classes.classes.map((c) => [c.label, `${c.name} (${c.count})`]);
   if (classes.unlabelled) entries.push([-1, `unlabelled (${classes.unlabelled})`]);
-  for (const [label, text] of entries) {
+  const active = state.browse ? state.browse.label : null;
+  $("class-list").replaceChildren(...entries.map(([label, text]) => {
     const b = el("button", { textContent: text });
     b.dataset.label = label;
+    b.classList.toggle("active", label === active);
     b.addEventListener("click", () => browse(label));
-    list.append(el("li", {}, [b]));
-    if (label >= 0) $("qclass").append(el("option", { value: label, textContent: classes.classes[label].name }));
-  }
+    return el("li", {}, [b]);
+  }));
+  keepValue($("qclass"), () => $("qclass").replaceChildren(
+    el("option", { value: "-1", textContent: "unknown" }),
+    ...classes.classes.map((c) => el("option", { value: c.label, textContent: c.name }))));
+  keepValue($("add-class"), () => $("add-class").replaceChildren(
+    el("option", { value: "", textContent: "none" }),
+    ...classes.classes.map((c) => el("option", { value: c.name, textContent: c.name }))));
+}
+
+// Adding images: shown only when the server takes writes ("open" on loopback, or with a token).
+const TOKEN_KEY = "ahcl-token";
+
+function setupAdd(writes) {
+  $("add-panel").hidden = writes !== "open" && writes !== "token";
+  $("add-token-row").hidden = writes !== "token";
+  $("add-token").value = sessionStorage.getItem(TOKEN_KEY) ?? "";
+}
+
+function addStatus(text) { $("add-status").textContent = text; }
+
+async function addImages(event) {
+  event.preventDefault();
+  const files = [...$("add-files").files];
+  if (!files.length) { addStatus("pick one or more images first"); return; }
+  const bytes = files.reduce((sum, f) => sum + f.size, 0);
+  const limit = state.info ? state.info.max_upload_bytes : Infinity;
+  if (bytes > limit) { addStatus(`not sent: ${bytes} bytes of images, over the server's limit of ${limit} bytes`); return; }
+  const form = new FormData();
+  for (const f of files) form.append("image", f);
+  if ($("add-class").value) form.append("label", $("add-class").value);
+  const token = $("add-token").value.trim();
+  sessionStorage.setItem(TOKEN_KEY, token);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  $("add-submit").disabled = true;
+  addStatus(`adding ${files.length} image(s)…`);
+  try {
+    const result = await api("/api/items", { method: "POST", body: form, headers });
+    addStatus(`added ${result.items.map((it) => `#${it.id}`).join(", ")}; the archive now holds ${result.count} items`);
+    $("add-files").value = "";
+    await refresh();
+  } catch (err) {
+    // fetch itself fails (TypeError) when the server cuts an over-large upload off mid-way
+    addStatus(`add failed: ${err instanceof TypeError ? "the connection broke (upload too large?)" : err.message}`);
+  } finally { $("add-submit").disabled = false; }
+}
+
+async function refresh() {
+  const [info, classes] = await Promise.all([api("/api/info"), api("/api/classes")]);
+  showInfo(info);
+  showClasses(classes);
+  return info;
+}
+
+async function init() {
+  const info = await refresh();
+  setupAdd(info.writes);
 }
 
 const drop = $("drop");
@@ -138,5 +202,7 @@ drop.addEventListener("drop", (e) => {
 });
 drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
 $("file").addEventListener("change", (e) => { searchFile(e.target.files[0]); e.target.value = ""; });
+$("add-form").addEventListener("submit", addImages);
+$("add-token").addEventListener("change", (e) => sessionStorage.setItem(TOKEN_KEY, e.target.value.trim()));
 $("more").addEventListener("click", () => state.browse && browse(state.browse.label, state.browse.offset + 60));
 init().catch((err) => status(`cannot reach the server: ${err.message}`));

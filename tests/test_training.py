@@ -307,3 +307,12 @@ def test_labelled_additions_depend_on_the_label_only(run_dir):
     many = run.codes_for_labelled(["a", "b", "c", "d"], np.array([0, 2, 2, 1]))
     np.testing.assert_array_equal(many[1], one[0])
     np.testing.assert_array_equal(many[2], one[0])
+
+
+def test_bad_data_or_backbone_leaves_no_run_folder(synthetic_scenes, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 1
+    assert main(["train", "--data", str(synthetic_scenes), "--out", str(out),
+                 "--backbone", "no_such_net"]) == 1
+    assert not out.exists()
+    assert _train(synthetic_scenes, out) == 0  # the retry needs no --resume

@@ -101,20 +101,21 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
             else None
         if saved is not None and saved != resolved:
             raise AhclError(f"cannot resume {out}: it was started with another config")
+    tic = time.perf_counter()
+    # Data and backbone are checked before anything is written, so a bad --data or --backbone
+    # leaves no half-made run folder behind.
+    data = prepare_data(config)
+    backbone = build_backbone(resolved)
     dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     writer = dist.rank() == 0
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", resolved)
-    tic = time.perf_counter()
-    data = prepare_data(config)
-    if writer:
         save_split(data.split, out / "split.json", paths=data.paths)
     db_rows = data.split.db
     db_paths = data.abs_paths(db_rows)
     db_labels = data.labels[db_rows]
 
-    backbone = build_backbone(resolved)
     t_feat = time.perf_counter()
     if config.mode == "frozen":
         if dist.is_distributed():

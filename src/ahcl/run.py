@@ -81,6 +81,7 @@ class Run:
     data_root: Path
     info: dict[str, Any] = field(default_factory=dict)
     _encoder: Any = field(default=None, repr=False)
+    _index: Any = field(default=None, repr=False)
 
     @property
     def method(self) -> str:
@@ -166,15 +167,15 @@ class Run:
 
     def search_codes(self, query_codes: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Rank the database for packed query codes (see :meth:`search`)."""
-        from ahcl.index.hamming import hamming_distances
+        if self._index is None:
+            from ahcl.index import HammingIndex
 
-        k = min(k, len(self.db_labels))
-        out = []
-        for row in hamming_distances(query_codes, self.db_codes):
-            order = np.argsort(row, kind="stable")[:k]
-            out.append([Hit(int(j), int(row[j]), int(self.db_labels[j]),
-                            self.classes[self.db_labels[j]], self.db_paths[j]) for j in order])
-        return out
+            # ids = database rows, so the index's (distance, id) order is (distance, row).
+            self._index = HammingIndex(self.n_bits)
+            self._index.add(self.db_codes)
+        D, I = self._index.search(query_codes, min(k, len(self.db_labels)))
+        return [[Hit(int(j), int(d), int(self.db_labels[j]), self.classes[self.db_labels[j]],
+                     self.db_paths[j]) for d, j in zip(drow, irow)] for drow, irow in zip(D, I)]
 
 
 def load_run(path: str | Path) -> Run:

@@ -60,14 +60,9 @@ def plot_pr_curve(reports: Mapping[str, RetrievalReport], path: str | os.PathLik
         ``path`` as a :class:`~pathlib.Path`.
     """
     _need(reports, "report")
-    fig, ax = _figure()
-    for name, rep in reports.items():
-        ax.plot(rep.pr_curve.recall, rep.pr_curve.precision, marker=".", label=name)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-           title="Precision-recall (Hamming radius)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return _lines(((name, rep.pr_curve.recall, rep.pr_curve.precision)
+                   for name, rep in reports.items()), path, xlabel="recall",
+                  ylabel="precision", title="Precision-recall (Hamming radius)", xlim=(0, 1))
 
 
 def plot_precision_at_k(reports: Mapping[str, RetrievalReport],
@@ -82,11 +77,21 @@ def plot_precision_at_k(reports: Mapping[str, RetrievalReport],
         ``path`` as a :class:`~pathlib.Path`.
     """
     _need(reports, "report")
+    return _lines(((name, rep.precision_curve_ks, rep.precision_curve)
+                   for name, rep in reports.items()), path,
+                  xlabel="number of retrieved items K", ylabel="precision@K",
+                  title="Precision@K")
+
+
+def _lines(series, path: str | os.PathLike, *, xlabel: str, ylabel: str, title: str,
+           xlim: tuple[float, float] | None = None) -> Path:
+    """One marked line per ``(name, x, y)``, y in [0, 1.02], grid and legend; saved to ``path``."""
     fig, ax = _figure()
-    for name, rep in reports.items():
-        ax.plot(rep.precision_curve_ks, rep.precision_curve, marker=".", label=name)
-    ax.set(xlabel="number of retrieved items K", ylabel="precision@K", ylim=(0, 1.02),
-           title="Precision@K")
+    for name, x, y in series:
+        ax.plot(x, y, marker=".", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 1.02), title=title)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

@@ -24,6 +24,7 @@ from torch import nn
 
 from ahcl.methods.losses import class_centers
 from ahcl.methods.symmetric import DeepParams, MiniBatchMethod
+from ahcl.models.heads import mlp_head
 
 
 class ClassifierNet(nn.Module):
@@ -33,11 +34,7 @@ class ClassifierNet(nn.Module):
                  backbone: nn.Module | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
-        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
-        if hidden:
-            layers += [nn.Linear(in_dim, hidden), nn.ReLU()]
-        layers.append(nn.Linear(hidden or in_dim, n_classes))
-        self.head = nn.Sequential(*layers)
+        self.head = mlp_head(in_dim, n_classes, hidden, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features (B, d) — or images (B, 3, H, W) with a backbone — → logits float (B, K)."""

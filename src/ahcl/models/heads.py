@@ -6,6 +6,16 @@ import torch
 from torch import nn
 
 
+def mlp_head(in_dim: int, out_dim: int, hidden: int = 0, dropout: float = 0.0) -> nn.Sequential:
+    """[Dropout] → [Linear(in_dim, hidden) → ReLU] → Linear(·, out_dim), the head every deep
+    method puts on backbone features (layer indices, hence state-dict keys, depend on the options)."""
+    layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
+    if hidden:
+        layers += [nn.Linear(in_dim, hidden), nn.ReLU()]
+    layers.append(nn.Linear(hidden or in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
 class HashNet(nn.Module):
     """Backbone features → [Linear(d, hidden) → ReLU] → Linear(·, n_bits) → tanh; Linear(n_bits, K).
 
@@ -25,11 +35,7 @@ class HashNet(nn.Module):
                  backbone: nn.Module | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
-        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
-        if hidden:
-            layers += [nn.Linear(in_dim, hidden), nn.ReLU()]
-        layers.append(nn.Linear(hidden or in_dim, n_bits))
-        self.hash = nn.Sequential(*layers)
+        self.hash = mlp_head(in_dim, n_bits, hidden, dropout)
         self.classifier = nn.Linear(n_bits, n_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

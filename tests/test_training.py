@@ -74,9 +74,10 @@ def test_encode_and_search(run_dir, tmp_path, capsys):
     assert dists == sorted(dists)
     # Ties are broken by database row.
     for a, b in zip(hits, hits[1:]):
-        assert (a["distance"], a["index"]) < (b["distance"], b["index"])
+        assert (a["distance"], a["id"]) < (b["distance"], b["id"])
     hits_api = run.search([img], k=5)[0]
-    assert [h.index for h in hits_api] == [h["index"] for h in hits]
+    assert [h.id for h in hits_api] == [h["id"] for h in hits]
+    assert [h.to_dict() for h in hits_api] == hits
 
 
 def test_same_seed_same_bytes(run_dir, synthetic_scenes, tmp_path):

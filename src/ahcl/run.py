@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ahcl.errors import RunError
+from ahcl.index.hits import Hit
 
 RUN_FORMAT = "ahcl-run"
 RUN_VERSION = 1
@@ -39,21 +40,6 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@dataclass
-class Hit:
-    """One search result: database row, Hamming distance, label and path."""
-
-    index: int
-    distance: int
-    label: int
-    class_name: str
-    path: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "distance": self.distance, "label": self.label,
-                "class": self.class_name, "path": self.path}
 
 
 @dataclass
@@ -175,7 +161,8 @@ class Run:
             self._index.add(self.db_codes)
         D, I = self._index.search(query_codes, min(k, len(self.db_labels)))
         return [[Hit(int(j), int(d), int(self.db_labels[j]), self.classes[self.db_labels[j]],
-                     self.db_paths[j]) for d, j in zip(drow, irow)] for drow, irow in zip(D, I)]
+                     self.db_paths[j], {"path": self.db_paths[j]}) for d, j in zip(drow, irow)]
+                for drow, irow in zip(D, I)]
 
 
 def load_run(path: str | Path) -> Run:

@@ -138,8 +138,9 @@ def test_default_ids_labels_meta_and_pm1_input() -> None:
     assert index.labels_of([2, 0, 10]).tolist() == [0, 2, -1]
     assert index.meta_of([0, 1, 11]) == [{"path": "a"}, None, None]
     hits = search_results(index, pm1[:1], 2)
-    assert hits[0][0]["distance"] == 0 and hits[0][0]["id"] == 0
-    assert hits[0][0]["label"] == 2 and hits[0][0]["meta"] == {"path": "a"}
+    assert hits[0][0].distance == 0 and hits[0][0].id == 0
+    assert hits[0][0].label == 2 and hits[0][0].meta == {"path": "a"}
+    assert hits[0][0].path == "a" and hits[0][0].class_name is None
 
 
 def test_errors_are_one_line_user_errors() -> None:

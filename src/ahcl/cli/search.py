@@ -28,23 +28,22 @@ def run(args: argparse.Namespace) -> int:
         raise AhclError("-k must be >= 1")
     source = Path(args.source)
     if source.is_dir():
-        results = [[h.to_dict() for h in hits] for hits in load_run(source).search(args.images,
-                                                                                    args.k)]
+        results = load_run(source).search(args.images, args.k)
     else:
         from ahcl.index import HammingIndex, search_results
 
         if not args.run:
             raise AhclError("searching an index needs --run RUN to encode the query images")
         index = HammingIndex.load(source)
-        results = search_results(index, load_run(args.run).encode(args.images), args.k)
+        run = load_run(args.run)
+        results = search_results(index, run.encode(args.images), args.k, classes=run.classes)
     if args.json:
-        print_json({"queries": [{"image": img, "hits": hits}
+        print_json({"queries": [{"image": img, "hits": [h.to_dict() for h in hits]}
                                 for img, hits in zip(args.images, results)]})
         return 0
     for img, hits in zip(args.images, results):
         print(f"# {img}")
         for rank, h in enumerate(hits, 1):
-            where = h.get("path") or (h.get("meta") or {}).get("path", "")
-            label = h.get("class", h.get("label", ""))
-            print(f"{rank:3d}  d={h['distance']:<3d} {label!s:<16} {where}")
+            label = h.class_name if h.class_name is not None else h.label
+            print(f"{rank:3d}  d={h.distance:<3d} {label!s:<16} {h.path or ''}")
     return 0

@@ -22,6 +22,7 @@ import numpy as np
 from ahcl.errors import AhclError
 from ahcl.index import format as fmt
 from ahcl.index import kernels
+from ahcl.index.hits import Hit, hits_from_rows
 from ahcl.index.mih import MultiIndexHash
 from ahcl.index.packing import as_packed
 
@@ -400,19 +401,22 @@ def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def search_results(index: HammingIndex, query_codes: np.ndarray, k: int) -> list[list[dict]]:
-    """:meth:`HammingIndex.search` as plain records for the CLI and the server.
+def search_results(index: HammingIndex, query_codes: np.ndarray, k: int,
+                   classes: list[str] | None = None) -> list[list[Hit]]:
+    """:meth:`HammingIndex.search` as :class:`~ahcl.index.hits.Hit` records (the CLI, the
+    service and :meth:`ahcl.run.Run.search` all show these).
+
+    Args:
+        classes: names of labels ``0..len-1`` (``Hit.class_name``), if known.
 
     Returns:
-        Per query, up to ``k`` dicts ``{"id", "distance", "label", "meta"}`` in (distance, id)
-        order (padding dropped).
+        Per query, up to ``k`` hits in (distance, id) order (padding dropped).
     """
     d, p, i = index._search(query_codes, k)
     labels = index.labels
     out = []
     for row_d, row_p, row_i in zip(d, p, i):
         valid = row_p >= 0
-        metas = index._meta_at(row_p[valid])
-        out.append([{"id": int(ii), "distance": int(dd), "label": int(labels[pp]), "meta": m}
-                    for dd, pp, ii, m in zip(row_d[valid], row_p[valid], row_i[valid], metas)])
+        out.append(hits_from_rows(row_i[valid], row_d[valid], labels[row_p[valid]],
+                                  index._meta_at(row_p[valid]), classes))
     return out

@@ -1,0 +1,62 @@
+"""One search hit, the same shape for the library, the CLI and the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result.
+
+    Attributes:
+        id: the item's id (for a run's own database: its database row).
+        distance: Hamming distance to the query.
+        label: class id, ``-1`` when unknown.
+        class_name: the class's name when known, else ``None``.
+        path: the image file of the item when known, else ``None``.
+        meta: the item's stored metadata (``{}`` when none).
+    """
+
+    id: int
+    distance: int
+    label: int = -1
+    class_name: str | None = None
+    path: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def index(self) -> int:
+        """Alias of :attr:`id` (a run's database row), kept for code written against 0.1."""
+        return self.id
+
+    def to_dict(self, *, public: bool = False) -> dict[str, Any]:
+        """JSON-safe record ``{"id", "distance", "label", "class", "path", "meta"}``.
+
+        Args:
+            public: leave out ``path`` and ``meta`` (what the service shows: no server paths).
+        """
+        out: dict[str, Any] = {"id": self.id, "distance": self.distance, "label": self.label,
+                               "class": self.class_name}
+        if not public:
+            out["path"] = self.path
+            out["meta"] = self.meta
+        return out
+
+
+def hits_from_rows(ids: Any, distances: Any, labels: Any, metas: list[dict | None] | None = None,
+                   classes: list[str] | None = None) -> list[Hit]:
+    """Hits from parallel sequences (one query's results, already in rank order).
+
+    ``classes`` names labels ``0..len-1``; a label outside it (``-1``: unlabelled) has no name.
+    A meta's ``"path"`` becomes the hit's :attr:`Hit.path`.
+    """
+    metas = metas if metas is not None else [None] * len(ids)
+    out = []
+    for i, d, lab, meta in zip(ids, distances, labels, metas):
+        lab = int(lab)
+        meta = meta or {}
+        name = classes[lab] if classes is not None and 0 <= lab < len(classes) else None
+        out.append(Hit(int(i), int(d), lab, name, meta.get("path"), meta))
+    return out

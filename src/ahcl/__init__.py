@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ahcl._version import __version__
 
 _LAZY = {
     "evaluate": ("ahcl.eval.metrics", "evaluate"),
@@ -18,6 +18,7 @@ _LAZY = {
     "unpack_codes": ("ahcl.index.packing", "unpack_codes"),
     "load_run": ("ahcl.run", "load_run"),
     "train": ("ahcl.training", "train"),
+    "Hit": ("ahcl.index.hits", "Hit"),
     "HammingIndex": ("ahcl.index", "HammingIndex"),
     "write_synthetic_dataset": ("ahcl.data.synthetic", "write_synthetic_dataset"),
     "read_image_folder": ("ahcl.data.folder", "read_image_folder"),

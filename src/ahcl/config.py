@@ -14,27 +14,19 @@ from typing import Any, Mapping
 
 import yaml
 
-from ahcl.errors import AhclError
-from ahcl.methods.ahcl import AHCLParams
+from ahcl.errors import AhclError, UnknownNameError
+from ahcl.methods.registry import DEFAULT_METHOD, get_trainable
 
 MODES = ("frozen", "finetune")
-# Methods `ahcl train` writes runs for: the asymmetric ones and the deep symmetric baselines
-# (all share the HashNet network, so a run's encoder is the same). The shallow baselines and
-# classifier codes run through `ahcl benchmark` and the Python API.
-TRAINABLE = ("ahcl", "adsh", "dpsh", "hashnet", "dsh", "csq")
-ASYMMETRIC = ("ahcl", "adsh")
 
 
 def params_class(method: str) -> type:
-    """The hyper-parameter dataclass of a trainable method."""
-    if method in ASYMMETRIC:
-        return AHCLParams
-    if method in TRAINABLE:
-        from ahcl.methods.symmetric import SYMMETRIC
+    """The hyper-parameter dataclass of a method ``ahcl train`` can run.
 
-        return SYMMETRIC[method].Params
-    raise AhclError(f"ahcl train supports the methods {', '.join(TRAINABLE)}; got {method!r} "
-                    "(the shallow baselines and classifier codes run through ahcl benchmark)")
+    Raises:
+        UnknownNameError: the method is not registered or not trainable.
+    """
+    return get_trainable(method).Params
 
 
 @dataclass
@@ -44,7 +36,7 @@ class TrainConfig:
     Attributes:
         data: a folder-per-class dataset (or ``dataset`` names a registered one).
         dataset: registered dataset name (``ahcl datasets list``), found in the cache or downloaded.
-        method: ``ahcl`` or ``adsh``.
+        method: a trainable method of :mod:`ahcl.methods.registry` (``ahcl train --help``).
         backbone: backbone name (``tiny_cnn`` or any torchvision classification model).
         pretrained: ImageNet weights through torchvision (False: random initialisation).
         mode: ``frozen`` (cached backbone features) or ``finetune`` (end to end).
@@ -56,12 +48,12 @@ class TrainConfig:
         batch_size_features: images per batch when extracting frozen features.
         num_workers: image-loading worker processes.
         params: the method's hyper-parameters (``n_bits``, ``lam``, ``gamma``, ``seed``, ...):
-            :class:`AHCLParams` for AHCL/ADSH, the baseline's own dataclass otherwise.
+            the method's own ``Params`` dataclass.
     """
 
     data: str | None = None
     dataset: str | None = None
-    method: str = "ahcl"
+    method: str = DEFAULT_METHOD
     backbone: str = "mobilenet_v2"
     pretrained: bool = True
     mode: str = "frozen"
@@ -72,7 +64,7 @@ class TrainConfig:
     feature_cache: str | None = None
     batch_size_features: int = 32
     num_workers: int = 0
-    params: Any = field(default_factory=AHCLParams)
+    params: Any = field(default_factory=lambda: params_class(DEFAULT_METHOD)())
 
     def validate(self) -> "TrainConfig":
         """Check values that need no data; returns ``self``."""
@@ -107,19 +99,14 @@ def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None)
     run = {k: v for k, v in dataclasses.asdict(base).items() if k != "params"}
     run.update({k: v for k, v in values.items() if k in _RUN_KEYS})
     cls = params_class(run["method"])
-    params = dataclasses.asdict(base.params) if isinstance(base.params, cls) else {}
+    params = dataclasses.asdict(base.params) if type(base.params) is cls else {}
     param_keys = {f.name for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key in param_keys:
             params[key] = value
         elif key not in _RUN_KEYS:
-            known = ", ".join(sorted(_RUN_KEYS | param_keys))
-            raise AhclError(f"unknown config key {key!r} for method {run['method']}; "
-                            f"known keys: {known}")
-    if run["method"] == "adsh":
-        if params.get("gamma") and "gamma" in values:
-            raise AhclError("ADSH has no semantic term: gamma must be 0 (use method ahcl)")
-        params["gamma"] = 0.0  # ADSH is AHCL with γ = 0
+            raise UnknownNameError("config key", key, sorted(_RUN_KEYS | param_keys),
+                                   context=f"for method {run['method']}")
     try:
         return TrainConfig(**run, params=cls(**params))
     except TypeError as exc:

@@ -8,6 +8,7 @@ evaluates each on its held-out queries and writes ``report.md`` with plots.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,12 +16,22 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ahcl._io import atomic_write_text
+from ahcl.config import config_from_dict
+from ahcl.data.images import load_rgb
+from ahcl.data.registry import dataset_root
+from ahcl.data.synthetic import write_synthetic_dataset
 from ahcl.errors import AhclError
+from ahcl.eval.metrics import RetrievalReport, evaluate
+from ahcl.eval.plots import plot_map_vs_bits, plot_pr_curve, plot_precision_at_k
+from ahcl.models import backbones
+from ahcl.run import load_run
+from ahcl.training import train_run
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC_PER_CLASS = 50
 SYNTHETIC_SIZE = 64
+DEFAULT_DATASET = "ucmerced"
 
 
 @dataclass
@@ -40,20 +51,15 @@ def choose_data(out: Path, data: str | None, dataset: str | None,
                 say: Callable[[str], None]) -> tuple[Path, str]:
     """The dataset folder, and a note on where it came from."""
     if data:
-        return Path(data).expanduser().resolve(), f"folder {data}"
-    from ahcl.data.registry import ensure_dataset
-
-    name = dataset or "ucmerced"
+        return dataset_root(data=data), f"folder {data}"
+    name = dataset or DEFAULT_DATASET
     try:
-        return Path(ensure_dataset(name)), f"registered dataset {name}"
+        return dataset_root(dataset=name), f"registered dataset {name}"
     except AhclError as exc:
         if dataset:  # asked for by name: do not silently swap it for something else
             raise
-        reason = str(exc).split(";")[0]
-        say(f"{name} is neither in the cache nor downloadable ({reason}); "
+        say(f"{name} is neither in the cache nor downloadable ({type(exc).__name__}: {exc}); "
             "using synthetic scenes instead")
-    from ahcl.data.synthetic import write_synthetic_dataset
-
     target = out / "data" / "synthetic"
     if not target.exists():
         write_synthetic_dataset(target, per_class=SYNTHETIC_PER_CLASS, size=SYNTHETIC_SIZE, seed=0)
@@ -63,15 +69,14 @@ def choose_data(out: Path, data: str | None, dataset: str | None,
 
 def choose_backbone(say: Callable[[str], None]) -> tuple[dict[str, Any], str]:
     """Config overrides for the backbone, and a note: ImageNet MobileNetV2 when it can be had."""
-    from ahcl.models.backbones import create_backbone, weights_available
-
-    if weights_available("mobilenet_v2"):
+    if backbones.weights_available("mobilenet_v2"):
         return {"backbone": "mobilenet_v2"}, "mobilenet_v2, ImageNet weights (torchvision cache)"
     try:
-        create_backbone("mobilenet_v2", pretrained=True)  # torchvision downloads into its cache
+        # torchvision downloads into its cache
+        backbones.create_backbone("mobilenet_v2", pretrained=True)
         return {"backbone": "mobilenet_v2"}, "mobilenet_v2, ImageNet weights (downloaded)"
     except AhclError as exc:
-        say(f"MobileNetV2 ImageNet weights are not available ({str(exc).split(':')[0]}); "
+        say(f"MobileNetV2 ImageNet weights are not available ({exc}); "
             "training a small CNN from scratch instead")
     return ({"backbone": "tiny_cnn", "mode": "finetune", "pretrained": False, "epochs": 3,
              "outer_iters": 15, "lr_milestones": [10]},
@@ -85,12 +90,6 @@ def run_demo(out: str | Path, bits: Sequence[int] = (16, 32, 64), data: str | No
 
     Finished runs under ``out`` are reused, so an interrupted demo continues where it stopped.
     """
-    from ahcl.config import config_from_dict
-    from ahcl.data.images import load_rgb
-    from ahcl.run import load_run
-    from ahcl.eval.metrics import evaluate
-    from ahcl.training import train_run
-
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     root, data_note = choose_data(out, data, dataset, say)
@@ -122,8 +121,6 @@ def run_demo(out: str | Path, bits: Sequence[int] = (16, 32, 64), data: str | No
 
 
 def _train_seconds(run_dir: Path, fallback: float) -> float:
-    import json
-
     try:
         return float(json.loads((run_dir / "timings.json").read_text())["total_s"])
     except (OSError, ValueError, KeyError):
@@ -140,10 +137,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: DemoResult, reports: dict[int, Any]) -> Path:
+def write_report(result: DemoResult, reports: dict[int, RetrievalReport]) -> Path:
     """``report.md`` with the table and the plots (mAP vs bits, PR, P@K)."""
-    from ahcl.eval.plots import plot_map_vs_bits, plot_pr_curve, plot_precision_at_k
-
     plot_map_vs_bits({"AHCL": {b: r.map for b, r in reports.items()}},
                      result.out / "map_vs_bits.png")
     named = {f"{b} bits": r for b, r in reports.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -11,16 +11,13 @@ import torch
 from ahcl.errors import RunError
 from ahcl.index.packing import pack_codes
 from ahcl.methods.feeders import FeatureFeeder, ImageFeeder
+from ahcl.models.backbones import Backbone, create_backbone
+from ahcl.models.features import extract_features
 from ahcl.models.heads import HashNet
 
-if TYPE_CHECKING:
-    from ahcl.run import Run
 
-
-def build_backbone(config: dict[str, Any]):
+def build_backbone(config: dict[str, Any]) -> Backbone:
     """The backbone a config names (seeded when not pretrained)."""
-    from ahcl.models.backbones import create_backbone
-
     return create_backbone(config["backbone"], pretrained=bool(config["pretrained"]),
                            seed=int(config["seed"]))
 
@@ -43,28 +40,32 @@ class Encoder:
         self.batch_size = batch_size
 
     @classmethod
-    def from_run(cls, run: "Run") -> "Encoder":
-        """Rebuild the network of ``run`` from ``model.pt`` (safe load: tensors only)."""
-        cfg = run.config
-        try:
-            blob = torch.load(run.path / "model.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file
-            raise RunError(f"{run.path / 'model.pt'} is unreadable: {exc}".splitlines()[0]) from None
-        finetune = cfg["mode"] == "finetune"
+    def from_state(cls, blob: dict[str, Any], config: dict[str, Any], n_bits: int,
+                   n_classes: int, source: str | Path = "model.pt") -> "Encoder":
+        """Rebuild a run's network from its saved state (``model.pt``, already loaded safely).
+
+        Args:
+            blob: ``{"net": state_dict}`` and, for a random frozen backbone, ``"backbone"``.
+            config: the run's resolved config.
+            n_bits: code length.
+            n_classes: K.
+            source: where ``blob`` came from (for error messages).
+        """
+        finetune = config["mode"] == "finetune"
         # Finetuned weights live in blob["net"]; a random frozen backbone in blob["backbone"].
-        need_imagenet = bool(cfg["pretrained"]) and not finetune and "backbone" not in blob
-        backbone = build_backbone({**cfg, "pretrained": need_imagenet})
+        need_imagenet = bool(config["pretrained"]) and not finetune and "backbone" not in blob
+        backbone = build_backbone({**config, "pretrained": need_imagenet})
         if "backbone" in blob:
             backbone.load_state_dict(blob["backbone"])
-        net = HashNet(backbone.feature_dim, run.n_bits, len(run.classes), int(cfg["hidden"]),
-                      backbone if finetune else None, float(cfg.get("dropout", 0.0)))
+        net = HashNet(backbone.feature_dim, n_bits, n_classes, int(config["hidden"]),
+                      backbone if finetune else None, float(config.get("dropout", 0.0)))
         try:
             net.load_state_dict(blob["net"])
         except (RuntimeError, KeyError) as exc:
-            raise RunError(f"{run.path / 'model.pt'} does not match the run's config: "
-                           f"{str(exc).splitlines()[0]}") from None
-        return cls(net, None if finetune else backbone.eval(), cfg.get("feature_cache"),
-                   int(cfg.get("batch_size_features", 32)))
+            raise RunError(f"{source} does not match the run's config: "
+                           f"{str(exc).splitlines()[0]}", path=source) from None
+        return cls(net, None if finetune else backbone.eval(), config.get("feature_cache"),
+                   int(config.get("batch_size_features", 32)))
 
     @torch.inference_mode()
     def encode_u(self, paths: Sequence[str | Path]) -> np.ndarray:
@@ -73,8 +74,6 @@ class Encoder:
         rows = np.arange(len(paths))
         batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         if self.backbone is not None:
-            from ahcl.models.features import extract_features
-
             feats = extract_features(paths, self.backbone, cache_dir=self.feature_cache,
                                      batch_size=self.batch_size)
             feeder: FeatureFeeder | ImageFeeder = FeatureFeeder(feats)

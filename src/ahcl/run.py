@@ -16,30 +16,42 @@ complete run)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from ahcl._io import atomic_write, atomic_write_json, atomic_write_text, file_digest
+from ahcl._version import __version__
+from ahcl.data.folder import read_image_folder
+from ahcl.data.splits import Split, save_split
+from ahcl.encoder import Encoder
 from ahcl.errors import RunError
+from ahcl.eval.metrics import RetrievalReport, evaluate
+from ahcl.index import HammingIndex
 from ahcl.index.hits import Hit
+from ahcl.index.packing import pack_codes
+from ahcl.methods.ahcl import CodeState, code_new_rows
+from ahcl.methods.registry import KINDS
 
 RUN_FORMAT = "ahcl-run"
 RUN_VERSION = 1
 RUN_FILES = ("run.json", "config.json", "split.json", "model.pt", "db_codes.npy", "db.json")
-ASYMMETRIC_FILES = ("code_state.npz",)  # runs of AHCL / ADSH only
+ASYMMETRIC_FILES = ("code_state.npz",)  # runs of the asymmetric methods only (AHCL, ADSH)
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
 
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
+
+
+def _has_code_step(method: str | None) -> bool:
+    return KINDS.get(str(method)) == "asymmetric"
 
 
 @dataclass
@@ -73,12 +85,12 @@ class Run:
     def method(self) -> str:
         return str(self.config["method"])
 
-    def encoder(self):
-        """The query encoder (network + backbone), built on first use."""
+    def encoder(self) -> Encoder:
+        """The query encoder (network + backbone), built on first use from ``model.pt``."""
         if self._encoder is None:
-            from ahcl.encoder import Encoder
-
-            self._encoder = Encoder.from_run(self)
+            model = self.path / "model.pt"
+            self._encoder = Encoder.from_state(read_model(model), self.config, self.n_bits,
+                                               len(self.classes), source=model)
         return self._encoder
 
     def encode(self, paths: Sequence[str | Path]) -> np.ndarray:
@@ -95,15 +107,14 @@ class Run:
         The code depends only on the label and the stored code-step statistics, not on the
         pixels; ``paths`` is taken for symmetry with :meth:`encode` and checked for length.
         """
-        from ahcl.index.packing import pack_codes
-        from ahcl.methods.ahcl import CodeState, code_new_rows
-
         labels = np.asarray(labels, dtype=np.int64)
         if len(paths) != len(labels):
             raise RunError(f"{len(paths)} images but {len(labels)} labels")
         if not (self.path / "code_state.npz").is_file():
-            raise RunError(f"{self.method} has no database-code step (only ahcl and adsh do): "
-                           "add these images without a label to give them network codes")
+            with_step = ", ".join(m for m in KINDS if _has_code_step(m))
+            raise RunError(f"{self.method} has no database-code step (only {with_step} do): "
+                           "add these images without a label to give them network codes",
+                           path=self.path)
         with np.load(self.path / "code_state.npz", allow_pickle=False) as z:
             state = CodeState(z["gram_u"], z["class_sums_u"], float(z["r"]), float(z["lam"]))
         return pack_codes(code_new_rows(state, labels, self.n_bits))
@@ -130,8 +141,6 @@ class Run:
             index = {name: i for i, name in enumerate(self.classes)}
             labels = np.array([index[p.split("/")[0]] for p in rel], dtype=np.int64)
             return [str(self.data_root / p) for p in rel], labels
-        from ahcl.data.folder import read_image_folder
-
         qf = read_image_folder(folder)
         unknown = sorted(set(qf.classes) - set(self.classes))
         if unknown:
@@ -140,22 +149,15 @@ class Run:
         mapping = np.array([self.classes.index(c) for c in qf.classes], dtype=np.int64)
         return [str(p) for p in qf.absolute_paths], mapping[qf.labels]
 
-    def evaluate(self, folder: str | Path | None = None, topk: Sequence[int] = (10, 100, 1000)):
-        """Encode the queries (see :meth:`queries`) and score them against the database codes.
-
-        Returns:
-            The :class:`ahcl.eval.metrics.RetrievalReport`.
-        """
-        from ahcl.eval.metrics import evaluate
-
+    def evaluate(self, folder: str | Path | None = None,
+                 topk: Sequence[int] = (10, 100, 1000)) -> RetrievalReport:
+        """Encode the queries (see :meth:`queries`) and score them against the database codes."""
         paths, labels = self.queries(folder)
         return evaluate(self.encode(paths), labels, self.db_codes, self.db_labels, topk=topk)
 
     def search_codes(self, query_codes: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Rank the database for packed query codes (see :meth:`search`)."""
         if self._index is None:
-            from ahcl.index import HammingIndex
-
             # ids = database rows, so the index's (distance, id) order is (distance, row).
             self._index = HammingIndex(self.n_bits)
             self._index.add(self.db_codes)
@@ -175,8 +177,8 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise RunError(f"run folder {path} not found")
     required = RUN_FILES
-    if (path / "config.json").is_file() and _read_json(path / "config.json").get("method") in (
-            "ahcl", "adsh"):
+    if (path / "config.json").is_file() and _has_code_step(
+            _read_json(path / "config.json").get("method")):
         required += ASYMMETRIC_FILES
     missing = [name for name in required if not (path / name).is_file()]
     if missing:
@@ -213,3 +215,127 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RunError(f"{path} is unreadable: {exc}") from None
+
+
+# ---------------------------------------------------------------------- writing a run folder
+# Training (ahcl.training) orchestrates; these functions are the only writers of the format.
+def check_target(out: Path, config: dict[str, Any], resume: bool) -> bool:
+    """Whether ``out`` can take a run of ``config``; True when it already holds the finished run
+    (only with ``resume``: then there is nothing to do but :func:`load_run`).
+
+    Raises:
+        RunError: a finished run without ``resume``; a non-empty folder without ``resume``; an
+            unfinished run started with another config.
+    """
+    if (out / "run.json").exists():
+        if resume:
+            return True
+        raise RunError(f"{out} already holds a finished run; choose another --out", path=out)
+    if out.exists() and any(out.iterdir()):
+        if not resume:
+            raise RunError(f"{out} exists and is not empty; use --resume to continue it "
+                           "or choose another --out", path=out)
+        saved = _read_json(out / "config.json") if (out / "config.json").exists() else None
+        if saved is not None and saved != config:
+            raise RunError(f"cannot resume {out}: it was started with another config", path=out)
+    return False
+
+
+def start_run(out: Path, config: dict[str, Any], split: Split, paths: Sequence[str]) -> None:
+    """Create the run folder with its resolved config and split (the first files written)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", config)
+    save_split(split, out / "split.json", paths=paths)
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` up to the first unreadable line (a crash mid-write)."""
+    path = out / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
+def write_metrics(out: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` (atomically) with one JSON line per iteration."""
+    atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@dataclass
+class FinishedRun:
+    """Everything :func:`finish_run` writes besides what :func:`start_run` did.
+
+    Attributes:
+        method: the method's registered name.
+        n_bits: code length.
+        net_state: the network's ``state_dict``.
+        backbone_state: a random frozen backbone's ``state_dict`` (kept rather than re-seeded),
+            else ``None``.
+        db_codes: packed uint8 (n, n_bits/8) learned database codes.
+        code_state: the code-step statistics (asymmetric methods), else ``None``.
+        data_root: the dataset folder.
+        classes: class names.
+        db_paths: database image paths relative to ``data_root``.
+        db_labels: int64 (n,).
+        n_query: number of held-out queries.
+        timings: seconds spent (features, training, total, ...).
+    """
+
+    method: str
+    n_bits: int
+    net_state: dict[str, Any]
+    backbone_state: dict[str, Any] | None
+    db_codes: np.ndarray
+    code_state: CodeState | None
+    data_root: Path
+    classes: list[str]
+    db_paths: list[str]
+    db_labels: np.ndarray
+    n_query: int
+    timings: dict[str, Any]
+
+
+def finish_run(out: Path, run: FinishedRun) -> None:
+    """Write the model, codes and metadata, then ``run.json`` (the mark of a complete run), and
+    remove the checkpoint."""
+    blob: dict[str, Any] = {"net": run.net_state}
+    if run.backbone_state is not None:
+        blob["backbone"] = run.backbone_state
+    with atomic_write(out / "model.pt") as f:
+        torch.save(blob, f)
+    with atomic_write(out / "db_codes.npy") as f:
+        np.save(f, run.db_codes, allow_pickle=False)
+    if run.code_state is not None:  # the code step for new labelled items needs these
+        st = run.code_state
+        with atomic_write(out / "code_state.npz") as f:
+            np.savez(f, gram_u=st.gram_u, class_sums_u=st.class_sums_u, r=np.float64(st.r),
+                     lam=np.float64(st.lam))
+    atomic_write_json(out / "db.json", {
+        "root": str(run.data_root), "classes": run.classes, "paths": list(run.db_paths),
+        "labels": np.asarray(run.db_labels).tolist()})
+    atomic_write_json(out / "timings.json", run.timings)
+    atomic_write_json(out / "run.json", {
+        "format": RUN_FORMAT, "version": RUN_VERSION, "ahcl_version": __version__,
+        "method": run.method, "n_bits": run.n_bits, "n_db": int(len(run.db_labels)),
+        "n_query": int(run.n_query), "n_classes": len(run.classes),
+        "db_codes_sha256": sha256_file(out / "db_codes.npy"),
+        "torch": torch.__version__})
+    (out / CHECKPOINT).unlink(missing_ok=True)
+
+
+def read_model(path: Path) -> dict[str, Any]:
+    """``model.pt`` loaded safely (``weights_only``: tensors and plain containers only).
+
+    Raises:
+        RunError: unreadable, or holds something other than tensors.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file
+        raise RunError(f"{path} is unreadable: {exc}".splitlines()[0], path=path) from None

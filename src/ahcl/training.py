@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -10,13 +10,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
-from ahcl import __version__
-from ahcl._io import atomic_write, atomic_write_json, atomic_write_text
-from ahcl.config import TrainConfig
+from ahcl import distributed as dist
+from ahcl.config import TrainConfig, config_from_dict
+from ahcl.data.folder import read_image_folder
+from ahcl.data.registry import dataset_root
+from ahcl.data.splits import Split, load_split, make_split
+from ahcl.encoder import build_backbone
 from ahcl.errors import AhclError
-from ahcl.run import RUN_FORMAT, RUN_VERSION, Run, load_run, sha256_file
+from ahcl.methods.feeders import ImageFeeder
+from ahcl.methods.registry import KINDS, get_trainable
+from ahcl.models.features import extract_features
+from ahcl.run import (CHECKPOINT, FinishedRun, Run, check_target, finish_run, load_run,
+                      read_metrics, start_run, write_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -29,27 +35,15 @@ class PreparedData:
     paths: list[str]
     labels: np.ndarray
     classes: list[str]
-    split: Any  # ahcl.data.splits.Split
+    split: Split
 
     def abs_paths(self, rows: np.ndarray) -> list[str]:
         return [str(self.root / self.paths[i]) for i in rows]
 
 
-def resolve_data_root(config: TrainConfig) -> Path:
-    """The dataset folder: ``config.data`` or the registered dataset (cache, else download)."""
-    if config.data is not None:
-        return Path(config.data).expanduser().resolve()
-    from ahcl.data.registry import ensure_dataset
-
-    return Path(ensure_dataset(config.dataset))
-
-
 def prepare_data(config: TrainConfig) -> PreparedData:
     """Read the folder and draw (or load) the split."""
-    from ahcl.data.folder import read_image_folder
-    from ahcl.data.splits import load_split, make_split
-
-    folder = read_image_folder(resolve_data_root(config), strict=config.strict)
+    folder = read_image_folder(dataset_root(config.data, config.dataset), strict=config.strict)
     if config.split:
         split = load_split(config.split, folder)
     elif config.query_per_class is not None:
@@ -64,7 +58,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
 
 def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
               on_iteration: Callable[[dict[str, Any]], None] | None = None) -> Run:
-    """Train ``config`` and write the run folder ``out`` (see :mod:`ahcl.run`).
+    """Train ``config`` and write the run folder ``out`` (its format: :mod:`ahcl.run`).
 
     Args:
         config: the resolved configuration.
@@ -77,30 +71,11 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     with the same arguments: the ranks share the feature extraction and the training, rank 0
     alone writes the run folder, and every rank returns it once written.
     """
-    from ahcl import distributed as dist
-
-    from ahcl.data.splits import save_split
-    from ahcl.encoder import build_backbone
-    from ahcl.config import ASYMMETRIC
-    from ahcl.methods.registry import get_method
-    from ahcl.methods.feeders import ImageFeeder
-    from ahcl.models.features import extract_features
-
     config.validate()
     out = Path(out)
     resolved = config.to_dict()
-    if (out / "run.json").exists():
-        if resume:
-            return load_run(out)
-        raise AhclError(f"{out} already holds a finished run; choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not resume:
-            raise AhclError(f"{out} exists and is not empty; use --resume to continue it "
-                            "or choose another --out")
-        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() \
-            else None
-        if saved is not None and saved != resolved:
-            raise AhclError(f"cannot resume {out}: it was started with another config")
+    if check_target(out, resolved, resume):
+        return load_run(out)
     tic = time.perf_counter()
     # Data and backbone are checked before anything is written, so a bad --data or --backbone
     # leaves no half-made run folder behind.
@@ -109,112 +84,66 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     writer = dist.rank() == 0
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", resolved)
-        save_split(data.split, out / "split.json", paths=data.paths)
+        start_run(out, resolved, data.split, data.paths)
     db_rows = data.split.db
-    db_paths = data.abs_paths(db_rows)
     db_labels = data.labels[db_rows]
 
     t_feat = time.perf_counter()
-    if config.mode == "frozen":
-        if dist.is_distributed():
-            # Each rank computes its share into the shared cache (one segment file per process),
-            # then every rank reads all of them back from it.
-            extract_features(db_paths[dist.shard_slice(len(db_paths))], backbone,
-                             cache_dir=config.feature_cache,
-                             batch_size=config.batch_size_features,
-                             num_workers=config.num_workers)
-            dist.barrier()
-        inputs: Any = extract_features(db_paths, backbone, cache_dir=config.feature_cache,
-                                       batch_size=config.batch_size_features,
-                                       num_workers=config.num_workers)
-        trainable_backbone = None
-    else:
-        inputs = ImageFeeder(db_paths, backbone.transform, num_workers=config.num_workers)
-        trainable_backbone = backbone
+    inputs, trainable_backbone = _inputs(config, data.abs_paths(db_rows), backbone)
     features_s = time.perf_counter() - t_feat
 
-    if config.method not in ASYMMETRIC and dist.is_distributed():
+    asymmetric = KINDS[config.method] == "asymmetric"
+    if not asymmetric and dist.is_distributed():
         raise AhclError(f"{config.method} trains in one process only; run it without torchrun")
-    method = get_method(config.method)(**_params(config))
-    metrics_path = out / "metrics.jsonl"
+    method = get_trainable(config.method)(**dataclasses.asdict(config.params))
+    method_history: list[dict[str, Any]] = read_metrics(out) if resume else []
 
     def record(row: dict[str, Any]) -> None:
-        lines = [json.dumps(r) for r in method_history + [row]]
         method_history.append(row)
-        atomic_write_text(metrics_path, "\n".join(lines) + "\n")
+        write_metrics(out, method_history)
         if on_iteration is not None:
             on_iteration(row)
 
-    method_history: list[dict[str, Any]] = _read_metrics(metrics_path) if resume else []
     t_train = time.perf_counter()
     method.fit(inputs, db_labels, n_classes=len(data.classes), backbone=trainable_backbone,
-               checkpoint=out / "checkpoint.pt", on_iteration=record)
+               checkpoint=out / CHECKPOINT, on_iteration=record)
     train_s = time.perf_counter() - t_train
     if not writer:
         dist.barrier()  # rank 0 writes the run
         return load_run(out)
     # The checkpoint's history is the truth (metrics.jsonl may be one line behind a crash).
-    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in method.history_))
-
-    _save_model(out / "model.pt", method.net_, backbone, config)
-    with atomic_write(out / "db_codes.npy") as f:
-        np.save(f, method.db_codes_, allow_pickle=False)
-    if config.method in ASYMMETRIC:  # the code step for new labelled items needs these
-        st = method.code_state_
-        with atomic_write(out / "code_state.npz") as f:
-            np.savez(f, gram_u=st.gram_u, class_sums_u=st.class_sums_u, r=np.float64(st.r),
-                     lam=np.float64(st.lam))
-    atomic_write_json(out / "db.json", {
-        "root": str(data.root), "classes": data.classes,
-        "paths": [data.paths[i] for i in db_rows], "labels": db_labels.tolist()})
-    atomic_write_json(out / "timings.json", {
-        "features_s": features_s, "train_s": train_s, "total_s": time.perf_counter() - tic,
-        "processes": dist.world_size(),
-        "note": "seconds of this process; a resumed run counts only its last part"})
-    atomic_write_json(out / "run.json", {
-        "format": RUN_FORMAT, "version": RUN_VERSION, "ahcl_version": __version__,
-        "method": config.method, "n_bits": config.params.n_bits, "n_db": int(len(db_rows)),
-        "n_query": int(len(data.split.query)), "n_classes": len(data.classes),
-        "db_codes_sha256": sha256_file(out / "db_codes.npy"),
-        "torch": torch.__version__})
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+    write_metrics(out, method.history_)
+    random_frozen = config.mode == "frozen" and not config.pretrained
+    finish_run(out, FinishedRun(
+        method=config.method, n_bits=config.params.n_bits, net_state=method.net_.state_dict(),
+        # A random frozen backbone is part of the model: keep it rather than trust a re-seed.
+        backbone_state=backbone.state_dict() if random_frozen else None,
+        db_codes=method.db_codes_, code_state=method.code_state_ if asymmetric else None,
+        data_root=data.root, classes=data.classes, db_paths=[data.paths[i] for i in db_rows],
+        db_labels=db_labels, n_query=len(data.split.query),
+        timings={"features_s": features_s, "train_s": train_s,
+                 "total_s": time.perf_counter() - tic, "processes": dist.world_size(),
+                 "note": "seconds of this process; a resumed run counts only its last part"}))
     dist.barrier()
     return load_run(out)
 
 
-def _params(config: TrainConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(config.params)
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return rows
-
-
-def _save_model(path: Path, net: torch.nn.Module, backbone: Any, config: TrainConfig) -> None:
-    blob: dict[str, Any] = {"net": net.state_dict()}
-    if config.mode == "frozen" and not config.pretrained:
-        # A random frozen backbone is part of the model: keep it rather than trust a re-seed.
-        blob["backbone"] = backbone.state_dict()
-    with atomic_write(path) as f:
-        torch.save(blob, f)
+def _inputs(config: TrainConfig, db_paths: list[str], backbone: Any) -> tuple[Any, Any]:
+    """What the method is fed: cached features (frozen) or images, and the trainable backbone."""
+    if config.mode != "frozen":
+        return ImageFeeder(db_paths, backbone.transform, num_workers=config.num_workers), backbone
+    options = {"cache_dir": config.feature_cache, "batch_size": config.batch_size_features,
+               "num_workers": config.num_workers}
+    if dist.is_distributed():
+        # Each rank computes its share into the shared cache (one segment file per process),
+        # then every rank reads all of them back from it.
+        extract_features(db_paths[dist.shard_slice(len(db_paths))], backbone, **options)
+        dist.barrier()
+    return extract_features(db_paths, backbone, **options), None
 
 
 def train(out: str | Path, *, resume: bool = False, **values: Any) -> Run:
     """Train a run from config keys, as ``ahcl train`` does: ``train("run", data="scenes",
     n_bits=32, backbone="tiny_cnn")``. Keys are those of :class:`ahcl.config.TrainConfig` and
-    :class:`ahcl.methods.ahcl.AHCLParams`."""
-    from ahcl.config import config_from_dict
-
+    the method's parameters (:class:`ahcl.methods.ahcl.AHCLParams` for AHCL)."""
     return train_run(config_from_dict(values), out, resume=resume)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ahcl.bench.markdown import verdict
-from ahcl.bench.report import summarise
+from ahcl.bench.summary import summarise
 from ahcl.bench.runner import BenchmarkConfig, cell_path, run_benchmark
 from ahcl.cli import main
 from ahcl.cli.benchmark import parse_budgets

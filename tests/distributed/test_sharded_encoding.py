@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import ahcl
-from ahcl import distributed as dist
+from ahcl.data.folder import list_image_files
 from ahcl.errors import AhclError
 from ahcl.index import HammingIndex
 from ahcl.run import Run
+from ahcl.sharded import encode_files_sharded
 
 from .test_torchrun import WORKER, _ok, torchrun
 
@@ -32,15 +33,15 @@ def _assert_index_is(path, paths, codes):
 
 
 def test_list_image_files(new_images, tmp_path):
-    paths = dist.list_image_files(new_images)
+    paths = list_image_files(new_images)
     assert len(paths) == 500 and paths == sorted(paths) and paths[0].startswith("/")
     with pytest.raises(AhclError, match="no image files"):
-        dist.list_image_files(tmp_path)
+        list_image_files(tmp_path)
 
 
 def test_one_process_parts_are_skipped_on_rerun(trained_run, new_images, tmp_path, monkeypatch):
     run = ahcl.load_run(trained_run)
-    paths = dist.list_image_files(new_images)[:200]
+    paths = list_image_files(new_images)[:200]
     expected = run.encode(paths)
     original = Run.encode
     calls: list[int] = []
@@ -53,13 +54,13 @@ def test_one_process_parts_are_skipped_on_rerun(trained_run, new_images, tmp_pat
 
     monkeypatch.setattr(Run, "encode", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        dist.encode_files_sharded(run, paths, tmp_path / "shards", part_size=PART)
+        encode_files_sharded(run, paths, tmp_path / "shards", part_size=PART)
     parts = sorted((tmp_path / "shards").rglob("part-*.npz"))
     assert len(parts) == 2
     parts[1].write_bytes(b"truncated")  # a damaged part is encoded again
     calls.clear()
     monkeypatch.setattr(Run, "encode", lambda self, b: calls.append(len(b)) or original(self, b))
-    codes = dist.encode_files_sharded(run, paths, tmp_path / "shards", part_size=PART)
+    codes = encode_files_sharded(run, paths, tmp_path / "shards", part_size=PART)
     assert calls == [PART, PART, 200 - 3 * PART]  # parts 2, 3 and 4 of 4
     np.testing.assert_array_equal(codes, expected)
 
@@ -68,7 +69,7 @@ def test_index_build_images_one_process(trained_run, new_images, tmp_path):
     from ahcl.cli import main
 
     run = ahcl.load_run(trained_run)
-    paths = dist.list_image_files(new_images)
+    paths = list_image_files(new_images)
     assert main(["index", "build", str(trained_run), "--out", str(tmp_path / "idx"),
                  "--images", str(new_images), "--part-size", "100"]) == 0
     _assert_index_is(tmp_path / "idx", paths, run.encode(paths))
@@ -77,7 +78,7 @@ def test_index_build_images_one_process(trained_run, new_images, tmp_path):
 
 def test_index_build_two_ranks_equals_one_process(trained_run, new_images, tmp_path):
     run = ahcl.load_run(trained_run)
-    paths = dist.list_image_files(new_images)
+    paths = list_image_files(new_images)
     proc = _ok(torchrun("-m", "ahcl", "index", "build", str(trained_run), "--out",
                         str(tmp_path / "idx"), "--images", str(new_images), "--part-size",
                         str(PART), "--json"))
@@ -90,7 +91,7 @@ def test_index_build_two_ranks_equals_one_process(trained_run, new_images, tmp_p
 @pytest.mark.slow
 def test_encode_two_ranks_equals_one_process(trained_run, new_images, tmp_path):
     run = ahcl.load_run(trained_run)
-    paths = dist.list_image_files(new_images)
+    paths = list_image_files(new_images)
     out = tmp_path / "codes.npy"
     _ok(torchrun("-m", "ahcl", "encode", str(trained_run), "--images", str(new_images),
                  "--out", str(out), "--part-size", str(PART), "--json"))
@@ -101,7 +102,7 @@ def test_encode_two_ranks_equals_one_process(trained_run, new_images, tmp_path):
 @pytest.mark.slow
 def test_killed_rank_then_rerun_completes_the_index(trained_run, new_images, tmp_path):
     run = ahcl.load_run(trained_run)
-    paths = dist.list_image_files(new_images)
+    paths = list_image_files(new_images)
     index = tmp_path / "idx"
     args = ["index", "build", str(trained_run), "--out", str(index), "--images",
             str(new_images), "--part-size", str(PART)]

@@ -1,15 +1,15 @@
-"""``ahcl index`` in-process, with a fake run standing in for ``ahcl.run.load_run``."""
+"""``ahcl index`` in-process, with a fake run standing in for ``ahcl.run.load_run``
+(patched where the verb module looks it up)."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ahcl.cli import index as index_cli
 from ahcl.cli import main
 from ahcl.index import HammingIndex
 
@@ -39,9 +39,7 @@ class FakeRun:
 @pytest.fixture
 def fake_run(monkeypatch: pytest.MonkeyPatch) -> FakeRun:
     run = FakeRun()
-    module = types.ModuleType("ahcl.run")
-    module.load_run = lambda path: run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ahcl.run", module)
+    monkeypatch.setattr(index_cli, "load_run", lambda path: run)
     return run
 
 

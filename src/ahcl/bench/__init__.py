@@ -1,5 +1,6 @@
 """The benchmark of every method on one split: runner (resumable cells) and report."""
 
-from ahcl.bench.runner import BUDGETS, BenchmarkConfig, run_benchmark
+from ahcl.bench.config import BenchmarkConfig
+from ahcl.bench.runner import run_benchmark
 
-__all__ = ["BUDGETS", "BenchmarkConfig", "run_benchmark"]
+__all__ = ["BenchmarkConfig", "run_benchmark"]

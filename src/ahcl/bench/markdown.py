@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ahcl.bench.report import ACCURACY, SYMMETRIC_DEEP
-from ahcl.methods.registry import MAX_TRIALS
+from ahcl.bench.summary import ACCURACY
+from ahcl.methods.registry import DEFAULT_METHOD, MAX_TRIALS, SPECS, methods_of_kind
 
 
 def _table(results: dict[str, Any], key: str) -> list[str]:
@@ -73,13 +73,14 @@ def _kv(d: dict[str, Any]) -> str:
 def verdict(results: dict[str, Any]) -> list[str]:
     """Sentences that state, from the numbers, whether AHCL beats the symmetric methods."""
     summary = results["summary"]
-    sym = [m for m in SYMMETRIC_DEEP if m in summary]
-    if "ahcl" not in summary or not sym:
-        return ["The verdict needs `ahcl` and at least one symmetric deep method in --methods."]
+    main = DEFAULT_METHOD
+    sym = [m for m in methods_of_kind("symmetric") if m in summary]
+    if main not in summary or not sym:
+        return [f"The verdict needs `{main}` and at least one symmetric deep method in --methods."]
     lines, wins, noisy, margins = [], 0, 0, []
-    bits = [str(b) for b in results["config"]["bits"] if str(b) in summary["ahcl"]]
+    bits = [str(b) for b in results["config"]["bits"] if str(b) in summary[main]]
     for b in bits:
-        a = summary["ahcl"][b]["map"]
+        a = summary[main][b]["map"]
         best = max(sym, key=lambda m: summary[m][b]["map"]["mean"])
         s = summary[best][b]["map"]
         diff = a["mean"] - s["mean"]
@@ -93,7 +94,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
                        + (", within the seed spread" if within else ""))
     holds = ("holds here" if wins == len(bits) else
              ("does not hold here" if wins == 0 else "holds here only partly"))
-    rel = [abs(summary["ahcl"][b]["map"]["mean"] / max(summary[m][b]["map"]["mean"]
+    rel = [abs(summary[main][b]["map"]["mean"] / max(summary[m][b]["map"]["mean"]
                                                        for m in sym if b in summary[m]) - 1)
            for b in bits]
     if holds == "holds here" and max(rel) < 0.01:
@@ -105,20 +106,23 @@ def verdict(results: dict[str, Any]) -> list[str]:
     lines.append(f"- **Accuracy (mAP@all): the claim {holds}.** AHCL is above the best "
                  f"symmetric deep method at {wins} of {len(bits)} code lengths: " +
                  "; ".join(margins) + "." + size)
-    tie = [summary["ahcl"][b]["map_tie_aware"]["mean"]
+    tie = [summary[main][b]["map_tie_aware"]["mean"]
            - max(summary[m][b]["map_tie_aware"]["mean"] for m in sym if b in summary[m])
            for b in bits]
     lines.append("- With the tie-aware mAP (no credit from the order of tied items), AHCL − best "
                  "symmetric: " + ", ".join(f"{d:+.4f} ({b} bits)" for d, b in zip(tie, bits))
                  + ".")
-    for other in ("adsh", "classifier"):
+    # Ablations of the main method (ADSH: AHCL without the semantic term), then the classifier.
+    ablations = {name: spec.ablates[1] for name, spec in SPECS.items()
+                 if spec.ablates and spec.ablates[0] == main}
+    for other in [*ablations, *methods_of_kind("classifier")]:
         if other in summary:
-            diffs = [summary["ahcl"][b]["map"]["mean"] - summary[other][b]["map"]["mean"]
+            diffs = [summary[main][b]["map"]["mean"] - summary[other][b]["map"]["mean"]
                      for b in bits if b in summary[other]]
             lines.append(f"- AHCL − {other} mAP@all: " + ", ".join(
                 f"{d:+.4f} ({b} bits)" for d, b in zip(diffs, bits)) + "."
-                + (" ADSH is AHCL without the semantic (classification) term, so a negative "
-                   "difference means that term did not help here." if other == "adsh" else ""))
+                + (f" {other.upper()} is AHCL without {ablations[other]}, so a negative "
+                   "difference means that term did not help here." if other in ablations else ""))
     best_all = []
     for b in bits:
         top = max((m for m in summary if b in summary[m]),
@@ -126,8 +130,8 @@ def verdict(results: dict[str, Any]) -> list[str]:
         best_all.append(f"{top} ({b} bits, {summary[top][b]['map']['mean']:.4f})")
     lines.append("- Best method overall by mean mAP@all: " + ", ".join(best_all) + ".")
     pb = str(results["plot_bits"])
-    if pb in summary["ahcl"]:
-        a = summary["ahcl"][pb]
+    if pb in summary[main]:
+        a = summary[main][pb]
         s_train = {m: summary[m][pb]["train_s"] for m in sym if pb in summary[m]}
         s_db = {m: summary[m][pb]["db_codes_s"] for m in sym if pb in summary[m]}
         mean_train = sum(s_train.values()) / len(s_train)

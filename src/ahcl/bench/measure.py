@@ -9,6 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ahcl.data.images import load_rgb
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -69,8 +71,6 @@ def backbone_seconds_per_image(backbone: Any, paths: Sequence[str], batch_size: 
     The best of ``repeats`` passes over ``paths`` (the first pass also warms up allocators), so
     noise from the other processes on a shared machine inflates it as little as possible.
     """
-    from ahcl.data.images import load_rgb
-
     was_training = backbone.training
     backbone.eval()
     best = float("inf")

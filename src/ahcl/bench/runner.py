@@ -6,13 +6,13 @@ Protocol (the same for every method, AHCL included):
    the database is the training set (the authors' protocol). Frozen mode extracts the backbone
    features of all images once, through the feature cache.
 2. Model selection: a validation split (``val_fraction`` of each database class) is carved from
-   the database; every setting of the method's grid (:data:`ahcl.methods.registry.GRIDS`, at most
+   the database; every setting of the method's grid (its spec's ``grid``, at most
    8) is trained on the rest at ``tune_bits`` bits with seed ``tune_seed`` and scored by the mAP of
    the validation items as queries against the rest as database. The best setting is used for
    every code length and seed. Test queries are never looked at during selection.
 3. Each cell (method, n_bits, seed) trains on the whole database with the chosen setting and the
-   fixed training budget (:data:`BUDGETS`: passes over the data and the hash head's width, shared
-   with AHCL's default), encodes the queries and is evaluated. The cell's
+   fixed training budget (its spec's ``budget``: passes over the data and the hash head's width,
+   shared with AHCL's default), encodes the queries and is evaluated. The cell's
    result is written atomically to ``cells/<method>_<bits>_s<seed>.json``; a rerun skips cells
    (and tuning files) that exist, so an interrupted benchmark resumes where it stopped.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,143 +29,22 @@ import numpy as np
 
 from ahcl._io import atomic_write_json
 from ahcl._progress import progress_bar
+from ahcl.bench.config import FORMAT, TOPK, VERSION, BenchmarkConfig, Workspace
 from ahcl.bench.measure import PeakMemory, backbone_seconds_per_image, sample_rows
+from ahcl.bench.report import write_report
+from ahcl.data.folder import read_image_folder
+from ahcl.data.registry import dataset_root
+from ahcl.data.splits import carve_validation, make_split, save_split
 from ahcl.errors import AhclError
 from ahcl.eval import evaluate
-from ahcl.methods.ahcl import AHCLParams
-from ahcl.methods.registry import GRIDS, KINDS, MAX_TRIALS, create_method, get_method
-
-# Fixed training budgets (not tuned). The deep methods get the same number of passes over the
-# training items (AHCL/ADSH make outer_iters × epochs passes over Ω = all items; the mini-batch
-# methods make `epochs` passes) and the same hash head width as AHCL's default; the dropout
-# before the head is tuned for every method alike (ahcl.methods.registry.GRIDS).
-_HIDDEN = AHCLParams().hidden
-BUDGETS: dict[str, dict[str, Any]] = {
-    **{name: {"outer_iters": 10, "epochs": 2, "num_samples": None, "lr_milestones": [6, 8],
-              "hidden": _HIDDEN} for name in ("ahcl", "adsh")},
-    **{name: {"epochs": 20, "hidden": _HIDDEN} for name in ("dpsh", "hashnet", "dsh", "csq")},
-    "classifier": {"epochs": 20},
-    "itq": {"n_iter": 50},
-    "sdh": {"n_anchors": 1000, "n_iter": 5},
-}
-FORMAT = "ahcl-benchmark"
-VERSION = 1
-TOPK = (10, 100, 1000)
-
-
-@dataclass
-class BenchmarkConfig:
-    """What to run. Every field that changes results is saved and checked on resume.
-
-    Attributes:
-        data / dataset: a folder-per-class dataset, or a registered dataset name.
-        methods: method names (``ahcl.methods.registry``).
-        bits: code lengths (multiples of 8).
-        seeds: seeds of the methods (the split is fixed by ``split_seed``).
-        backbone, pretrained, mode: as in ``ahcl train``.
-        query_fraction: share of each class held out as queries.
-        split_seed: seed of the query/database split and of the validation split.
-        val_fraction: share of each database class used for model selection.
-        tune_bits: code length of model selection (default 32 if listed, else the middle one).
-        tune_seed: method seed during model selection.
-        budgets: per-method fixed parameters over :data:`BUDGETS` (``{"ahcl": {"epochs": 1}}``).
-        feature_cache: feature cache folder (default ``$AHCL_CACHE`` or ``~/.cache/ahcl/features``).
-        timing_images: images used to time the backbone (decode + forward), extrapolated per image.
-        command: the command line, recorded in the report.
-    """
-
-    data: str | None = None
-    dataset: str | None = None
-    methods: list[str] = field(default_factory=lambda: ["ahcl", "adsh", "dpsh", "hashnet", "dsh",
-                                                        "csq", "lsh", "itq", "sdh", "classifier"])
-    bits: list[int] = field(default_factory=lambda: [16, 32, 48, 64])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    backbone: str = "mobilenet_v2"
-    pretrained: bool = True
-    mode: str = "frozen"
-    query_fraction: float = 0.2
-    split_seed: int = 0
-    val_fraction: float = 0.2
-    tune_bits: int | None = None
-    tune_seed: int = 0
-    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    feature_cache: str | None = None
-    timing_images: int = 32
-    command: str = ""
-
-    def validate(self) -> "BenchmarkConfig":
-        if (self.data is None) == (self.dataset is None):
-            raise AhclError("give exactly one of --data DIR or --dataset NAME")
-        if not self.methods or not self.bits or not self.seeds:
-            raise AhclError("--methods, --bits and --seeds each need at least one value")
-        for name in self.methods:
-            get_method(name)
-        for b in self.bits:
-            if b <= 0 or b % 8:
-                raise AhclError(f"bits must be positive multiples of 8, got {b}")
-        if self.mode not in ("frozen", "finetune"):
-            raise AhclError(f"mode must be frozen or finetune, got {self.mode!r}")
-        if not 0 < self.query_fraction < 1 or not 0 < self.val_fraction < 1:
-            raise AhclError("query_fraction and val_fraction must be in (0, 1)")
-        if self.tune_bits is None:
-            self.tune_bits = 32 if 32 in self.bits else sorted(self.bits)[len(self.bits) // 2]
-        unknown = set(self.budgets) - set(self.methods)
-        if unknown:
-            raise AhclError(f"budget given for method(s) not benchmarked: {sorted(unknown)}")
-        return self
-
-    def budget(self, method: str) -> dict[str, Any]:
-        """The fixed (untuned) parameters of ``method``."""
-        return {**BUDGETS.get(method, {}), **self.budgets.get(method, {})}
-
-    def identity(self) -> dict[str, Any]:
-        """The fields a finished cell depends on (methods/bits/seeds may grow on a rerun)."""
-        keep = ("data", "dataset", "backbone", "pretrained", "mode", "query_fraction",
-                "split_seed", "val_fraction", "tune_bits", "tune_seed")
-        return {k: getattr(self, k) for k in keep}
-
-
-@dataclass
-class Workspace:
-    """The data of one benchmark: labels, split, and the inputs of each part."""
-
-    root: Path
-    paths: list[str]
-    labels: np.ndarray
-    classes: list[str]
-    query: np.ndarray
-    db: np.ndarray
-    train: np.ndarray  # database minus validation (model selection only)
-    val: np.ndarray
-    features: np.ndarray | None  # frozen mode: float32 (n_images, d)
-    backbone_s_per_image: float
-    features_s: float
-    weights_id: str
-
-    def inputs(self, rows: np.ndarray, config: BenchmarkConfig) -> Any:
-        if self.features is not None:
-            return self.features[rows]
-        from ahcl.methods.feeders import ImageFeeder
-        from ahcl.models.backbones import create_backbone
-
-        transform = create_backbone(config.backbone, pretrained=False).transform
-        return ImageFeeder([str(self.root / self.paths[i]) for i in rows], transform)
+from ahcl.methods.registry import GRIDS, KINDS, MAX_TRIALS, create_method
+from ahcl.models.backbones import create_backbone
+from ahcl.models.features import extract_features
 
 
 def prepare(config: BenchmarkConfig, out: Path) -> Workspace:
     """Read the data, draw the split, extract features once (frozen), time the backbone."""
-    from ahcl.data.folder import read_image_folder
-    from ahcl.data.splits import carve_validation, make_split, save_split
-    from ahcl.models.backbones import create_backbone
-    from ahcl.models.features import extract_features
-
-    if config.data is not None:
-        root = Path(config.data).expanduser().resolve()
-    else:
-        from ahcl.data.registry import ensure_dataset
-
-        root = Path(ensure_dataset(config.dataset))
-    folder = read_image_folder(root)
+    folder = read_image_folder(dataset_root(config.data, config.dataset))
     split = make_split(folder.labels, query_fraction=config.query_fraction, seed=config.split_seed)
     save_split(split, out / "split.json", paths=folder.paths)
     train, val = carve_validation(split.db, folder.labels, config.val_fraction, config.split_seed)
@@ -195,8 +73,6 @@ def _fit(name: str, params: dict[str, Any], ws: Workspace, rows: np.ndarray,
     method = create_method(name, **params)
     backbone = None
     if config.mode == "finetune" and KINDS[name] != "shallow":
-        from ahcl.models.backbones import create_backbone
-
         backbone = create_backbone(config.backbone, pretrained=config.pretrained,
                                    seed=int(params.get("seed", 0)))
     return method.fit(ws.inputs(rows, config), ws.labels[rows], n_classes=len(ws.classes),
@@ -305,8 +181,6 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path,
     Returns:
         The results dict also written to ``out/results.json``.
     """
-    from ahcl.bench.report import write_report
-
     config = dataclasses.replace(config).validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,22 +8,22 @@ which adds its parser and sets ``func`` to a function ``(args) -> int``. Exit co
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from typing import Sequence
 
-from ahcl import __version__
+from ahcl._version import __version__
+from ahcl.cli import (benchmark, datasets, demo, encode, evaluate, index, search, serve,
+                      train)
 from ahcl.errors import AhclError
 
 # Verb modules, in the order they appear in --help.
-_VERBS = ("datasets", "train", "evaluate", "encode", "search", "demo", "index", "serve",
-          "benchmark")
+_VERBS = (datasets, train, evaluate, encode, search, demo, index, serve, benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (verbs whose module is not present are left out)."""
+    """The full argument parser."""
     parser = argparse.ArgumentParser(
         prog="ahcl",
         description="Remote-sensing image retrieval with asymmetric deep hashing (AHCL).",
@@ -33,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log details and show tracebacks on errors")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     for verb in _VERBS:
-        try:
-            module = importlib.import_module(f"ahcl.cli.{verb}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"ahcl.cli.{verb}":
-                continue
-            raise
-        module.register(sub)
+        verb.register(sub)
     return parser
 
 

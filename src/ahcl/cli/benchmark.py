@@ -6,7 +6,12 @@ import argparse
 import shlex
 from typing import Any
 
+import torch
+
+from ahcl.bench import BenchmarkConfig, run_benchmark
+from ahcl.config import parse_set
 from ahcl.errors import AhclError
+from ahcl.methods.registry import list_methods
 
 
 def _ints(text: str) -> list[int]:
@@ -22,8 +27,6 @@ def _names(text: str) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ahcl.methods.registry import list_methods
-
     p = sub.add_parser("benchmark", help="compare hashing methods on one split and write a report",
                        description="Train every method at every code length and seed on one "
                        "split (features extracted once), then write results.json, results.md "
@@ -54,8 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_budgets(items: list[str]) -> dict[str, dict[str, Any]]:
     """``["ahcl.epochs=1"]`` → ``{"ahcl": {"epochs": 1}}`` (values read as YAML scalars)."""
-    from ahcl.config import parse_set
-
     out: dict[str, dict[str, Any]] = {}
     for key, value in parse_set(items).items():
         method, dot, name = key.partition(".")
@@ -67,8 +68,6 @@ def parse_budgets(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this benchmark, rebuilt from the parsed options."""
-    from ahcl.methods.registry import list_methods
-
     words = ["ahcl", "benchmark"]
     words += ["--data", args.data] if args.data else ["--dataset", args.dataset]
     words += ["--methods", ",".join(args.methods or list_methods()),
@@ -91,14 +90,9 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ahcl.bench.runner import BenchmarkConfig, run_benchmark
-    from ahcl.methods.registry import list_methods
-
     if args.threads is not None:
         if args.threads < 1:
             raise AhclError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
         torch.set_num_threads(args.threads)
     config = BenchmarkConfig(
         data=args.data, dataset=args.dataset, methods=args.methods or list_methods(),

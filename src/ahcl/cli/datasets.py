@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ahcl.cli._common import print_json
+from ahcl.data.folder import read_image_folder
+from ahcl.data.registry import default_root, ensure_dataset, list_datasets, local_path
+from ahcl.data.synthetic import write_synthetic_dataset
 
 
 def register(subparsers: Any) -> None:
@@ -49,8 +52,6 @@ def register(subparsers: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ahcl.data.registry import default_root, list_datasets, local_path
-
     root = args.root if args.root is not None else default_root()
     rows = [{"name": d.name, "title": d.title, "classes": len(d.classes),
              "images": d.n_images, "size": d.image_size, "license": d.license,
@@ -72,15 +73,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from ahcl.data.registry import ensure_dataset
-
     print(ensure_dataset(args.name, root=args.root, download=True, url=args.url))
     return 0
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    from ahcl.data.synthetic import write_synthetic_dataset
-
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     out = write_synthetic_dataset(args.out, per_class=args.per_class, size=args.size,
                                   seed=args.seed, classes=classes)
@@ -89,8 +86,6 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ahcl.data.folder import read_image_folder
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped files are part of the report below
         folder = read_image_folder(args.folder, strict=args.strict)

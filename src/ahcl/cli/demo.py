@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from ahcl.cli._common import print_json
+from ahcl.demo import format_table, run_demo
+from ahcl.errors import AhclError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ahcl.demo import format_table, run_demo
-    from ahcl.errors import AhclError
-
     try:
         bits = [int(b) for b in args.bits.split(",") if b.strip()]
     except ValueError:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 
 import numpy as np
 
+from ahcl import distributed as dist
+from ahcl._io import atomic_write, atomic_write_text
 from ahcl.cli._common import print_json
+from ahcl.data.folder import list_image_files
+from ahcl.errors import AhclError
+from ahcl.run import load_run
+from ahcl.sharded import encode_files_sharded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,22 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
-    from ahcl import distributed as dist
-    from ahcl._io import atomic_write, atomic_write_text
-    from ahcl.errors import AhclError
-    from ahcl.run import load_run
-
     if bool(args.images) == bool(args.folder):
         raise AhclError("give either IMAGE files or --images DIR")
-    images = args.images or dist.list_image_files(args.folder)
+    images = args.images or list_image_files(args.folder)
     r = load_run(args.run)
     if dist.init_from_env():
         if not args.out:
             raise AhclError("under torchrun pass --out FILE.npy (the shards live beside it)")
         shards = f"{args.out}.shards"
-        codes = dist.encode_files_sharded(r, images, shards, part_size=args.part_size)
+        codes = encode_files_sharded(r, images, shards, part_size=args.part_size)
         if codes is None:  # not rank 0
             return 0
     else:

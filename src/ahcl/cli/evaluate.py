@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 
 from ahcl.cli._common import print_json
+from ahcl.eval.metrics import RetrievalReport
+from ahcl.eval.plots import plot_pr_curve, plot_precision_at_k
+from ahcl.run import load_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def format_report(report) -> str:
+def format_report(report: RetrievalReport) -> str:
     """A short human-readable summary of a RetrievalReport."""
     lines = [f"queries {report.n_queries}  database {report.n_db}  bits {report.n_bits}",
              f"mAP            {report.map:.4f}",
@@ -35,15 +38,11 @@ def format_report(report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ahcl.run import load_run
-
     r = load_run(args.run)
     tic = time.perf_counter()
     report = r.evaluate(args.queries)
     seconds = time.perf_counter() - tic
     if args.plots:
-        from ahcl.eval.plots import plot_pr_curve, plot_precision_at_k
-
         out = Path(args.plots)
         name = f"{r.method} {r.n_bits} bits"
         plot_pr_curve({name: report}, out / "pr_curve.png")

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
+import numpy as np
+
+from ahcl import distributed as dist
 from ahcl.cli._common import print_json
+from ahcl.data.folder import list_image_files
+from ahcl.errors import AhclError, UnknownNameError
+from ahcl.index import HammingIndex
+from ahcl.index.format import read_header
+from ahcl.run import load_run
+from ahcl.sharded import encode_files_sharded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,11 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def info_cmd(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ahcl.index import HammingIndex
-    from ahcl.index.format import read_header
-
     header = read_header(args.index)
     index = HammingIndex.load(args.index, mmap=True, verify=True)
     labels = np.asarray(index.labels)
@@ -76,9 +81,6 @@ def info_cmd(args: argparse.Namespace) -> int:
 
 
 def build_cmd(args: argparse.Namespace) -> int:
-    from ahcl.index import HammingIndex
-    from ahcl.run import load_run
-
     if args.images is not None:
         return _build_from_images(args)
     run = load_run(args.run)
@@ -91,17 +93,11 @@ def build_cmd(args: argparse.Namespace) -> int:
 
 
 def _build_from_images(args: argparse.Namespace) -> int:
-    import shutil
-
-    from ahcl import distributed as dist
-    from ahcl.index import HammingIndex
-    from ahcl.run import load_run
-
     dist.init_from_env()
     run = load_run(args.run)
-    paths = dist.list_image_files(args.images)
+    paths = list_image_files(args.images)
     shards = Path(f"{args.out}.shards")
-    codes = dist.encode_files_sharded(run, paths, shards, part_size=args.part_size)
+    codes = encode_files_sharded(run, paths, shards, part_size=args.part_size)
     if codes is None:  # not rank 0
         return 0
     index = HammingIndex(run.n_bits)
@@ -114,12 +110,6 @@ def _build_from_images(args: argparse.Namespace) -> int:
 
 
 def add_cmd(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ahcl.errors import AhclError
-    from ahcl.index import HammingIndex
-    from ahcl.run import load_run
-
     index = HammingIndex.load(args.index)
     run = load_run(args.run)
     if run.n_bits != index.n_bits:
@@ -131,8 +121,8 @@ def add_cmd(args: argparse.Namespace) -> int:
         codes = run.encode(paths)
     else:
         if args.label not in run.classes:
-            raise AhclError(f"unknown class {args.label!r}; the run's classes are: "
-                            + ", ".join(run.classes))
+            raise UnknownNameError("class", args.label, run.classes,
+                                   context="for this run")
         labels = np.full(len(paths), run.classes.index(args.label), dtype=np.int64)
         codes = run.codes_for_labelled(paths, labels)
     ids = index.add(codes, labels=labels, meta=[{"path": p} for p in paths])

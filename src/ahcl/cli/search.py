@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 
 from ahcl.cli._common import print_json
+from ahcl.errors import AhclError
+from ahcl.index import HammingIndex, search_results
+from ahcl.run import load_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,17 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ahcl.errors import AhclError
-    from ahcl.run import load_run
-
     if args.k < 1:
         raise AhclError("-k must be >= 1")
     source = Path(args.source)
     if source.is_dir():
         results = load_run(source).search(args.images, args.k)
     else:
-        from ahcl.index import HammingIndex, search_results
-
         if not args.run:
             raise AhclError("searching an index needs --run RUN to encode the query images")
         index = HammingIndex.load(source)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ahcl import distributed as dist
 from ahcl.cli._common import print_json
+from ahcl.config import TrainConfig, config_from_dict, load_yaml_config, parse_set
+from ahcl.methods.registry import DEFAULT_METHOD, TRAINABLE
+from ahcl.training import train_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--data", metavar="DIR", help="folder with one sub-folder per class")
     src.add_argument("--dataset", metavar="NAME", help="registered dataset (ahcl datasets list)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    p.add_argument("--method", choices=("ahcl", "adsh", "dpsh", "hashnet", "dsh", "csq"),
-                   help="ahcl (default), adsh, or a symmetric deep baseline")
+    p.add_argument("--method", choices=TRAINABLE,
+                   help=f"{DEFAULT_METHOD} (default) or another method with a query network")
     p.add_argument("--bits", type=int, help="code length n_bits (multiple of 8; default 32)")
     p.add_argument("--backbone", help="backbone name (default mobilenet_v2)")
     p.add_argument("--mode", choices=("frozen", "finetune"))
@@ -37,10 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults ← YAML ← flags ← --set."""
-    from ahcl.config import config_from_dict, load_yaml_config, parse_set
-
     values = load_yaml_config(args.config) if args.config else {}
     flags = {"data": args.data, "dataset": args.dataset, "method": args.method,
              "n_bits": args.bits, "backbone": args.backbone, "mode": args.mode,
@@ -55,9 +57,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ahcl import distributed as dist
-    from ahcl.training import train_run
-
     dist.init_from_env()
     config = config_from_args(args)
     total = getattr(config.params, "outer_iters", None) or config.params.epochs

@@ -38,7 +38,7 @@ import numpy as np
 
 from ahcl._progress import progress
 from ahcl.data.images import IMAGE_EXTENSIONS, ImageReadError, load_rgb
-from ahcl.errors import DatasetError
+from ahcl.errors import DatasetError, DatasetNotFoundError
 
 _WARN_NAMES = 5  # how many file names a warning lists
 
@@ -89,15 +89,46 @@ def list_class_files(root: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS
     if not root.is_dir():
         raise DatasetError(f"{root} is not a directory: pass the folder that holds one "
                            "sub-folder per class")
-    exts = tuple(e.lower() for e in extensions)
+    exts = _suffixes(extensions)
     out: dict[str, list[str]] = {}
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
-        out[entry.name] = sorted(
-            f.name for f in os.scandir(entry.path)
-            if not f.name.startswith(".") and f.name.lower().endswith(exts) and f.is_file())
+        out[entry.name] = sorted(f.name for f in os.scandir(entry.path)
+                                 if _is_image_name(f.name, exts) and f.is_file())
     return out
+
+
+def list_image_files(root: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS
+                     ) -> list[str]:
+    """Absolute paths of the image files anywhere under ``root`` (any depth, no class folders
+    needed), sorted; hidden names are skipped as in the module doc's rules.
+
+    Raises:
+        DatasetNotFoundError: ``root`` is not a folder.
+        DatasetError: it holds no images.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{root} is not a folder: pass the folder of images to encode",
+                                   path=root)
+    exts = _suffixes(extensions)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(folder, f) for f in files if _is_image_name(f, exts)]
+    if not found:
+        raise DatasetError(f"no image files under {root} (extensions: {', '.join(exts)})",
+                           path=root)
+    return sorted(found)
+
+
+def _suffixes(extensions: Iterable[str]) -> tuple[str, ...]:
+    return tuple(e.lower() for e in extensions)
+
+
+def _is_image_name(name: str, suffixes: tuple[str, ...]) -> bool:
+    return not name.startswith(".") and name.lower().endswith(suffixes)
 
 
 def count_images(root: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> int:

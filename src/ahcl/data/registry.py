@@ -35,7 +35,7 @@ from pathlib import Path
 from ahcl._io import atomic_write_json
 from ahcl.data.download import download_url, extract_archive, verify_checksum
 from ahcl.data.folder import count_images
-from ahcl.errors import DatasetError
+from ahcl.errors import AhclError, DatasetError
 
 MARKER = ".ahcl-complete"
 _ARCHIVE_EXTENSIONS = (".tar.gz", ".tgz", ".tar", ".zip", ".rar")
@@ -120,6 +120,25 @@ def local_path(name: str | DatasetInfo, root: str | os.PathLike | None = None) -
     """The class-folder directory if the dataset is present and complete, else None."""
     info = name if isinstance(name, DatasetInfo) else get_dataset(name)
     return _complete_dir(info, Path(root) if root is not None else default_root())
+
+
+def dataset_root(data: str | os.PathLike | None = None, dataset: str | None = None) -> Path:
+    """The one resolver of "a folder or a registered dataset" (``--data`` / ``--dataset``).
+
+    Args:
+        data: a folder-per-class dataset folder.
+        dataset: a registered dataset name, found in the cache or downloaded
+            (:func:`ensure_dataset`).
+
+    Raises:
+        AhclError: neither or both given.
+        DatasetError: the registered dataset cannot be had (see :func:`ensure_dataset`).
+    """
+    if (data is None) == (dataset is None):
+        raise AhclError("give exactly one of --data DIR or --dataset NAME")
+    if data is not None:
+        return Path(data).expanduser().resolve()
+    return Path(ensure_dataset(dataset))
 
 
 def ensure_dataset(name: str | DatasetInfo, root: str | os.PathLike | None = None,

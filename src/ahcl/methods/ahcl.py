@@ -36,10 +36,11 @@ from torch import nn
 
 from ahcl import distributed as dist
 from ahcl._io import atomic_write
-from ahcl.errors import AhclError
+from ahcl.errors import AhclError, InvalidValueError
 from ahcl.index.packing import pack_codes, unpack_codes
-from ahcl.methods.feeders import (FeatureFeeder, ImageFeeder, as_feeder,
-                                  check_training_inputs)
+from ahcl.methods.base import (DEFAULT_HIDDEN, FitInputs, HashingMethod, Inputs, MethodSpec,
+                               check_n_bits, lr_dropout_grid)
+from ahcl.methods.feeders import as_feeder
 from ahcl.methods.solver import (code_step_from_stats, code_step_shard, database_stats,
                                  dissimilar_weight, pairwise_loss)
 from ahcl.models.heads import HashNet
@@ -82,15 +83,14 @@ class AHCLParams:
     lr: float = 1e-3
     lr_milestones: tuple[int, ...] = (10, 20)
     weight_decay: float = 5e-4
-    hidden: int = 512
+    hidden: int = DEFAULT_HIDDEN
     dropout: float = 0.5
     code_sweeps: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
-        if self.n_bits <= 0 or self.n_bits % 8:
-            raise AhclError(f"n_bits must be a positive multiple of 8, got {self.n_bits}")
+        check_n_bits(self.n_bits)
         if self.similarity not in ("soft", "hard"):
             raise AhclError(f"similarity must be 'soft' or 'hard', got {self.similarity!r}")
         if self.optimizer not in ("sgd", "adam"):
@@ -119,7 +119,26 @@ class CodeState:
     lam: float
 
 
-class AHCL:
+@dataclass
+class ADSHParams(AHCLParams):
+    """ADSH's hyper-parameters: AHCL's with γ = 0 (no semantic term), which is checked."""
+
+    gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gamma:
+            raise InvalidValueError("gamma", self.gamma,
+                                    "0 for ADSH, which has no semantic term (use method ahcl)")
+
+
+# Fixed benchmark budget of both asymmetric methods: outer_iters × epochs passes over Ω = all
+# items, the same number of passes the mini-batch methods make (their `epochs`).
+_ASYMMETRIC_BUDGET = {"outer_iters": 10, "epochs": 2, "num_samples": None, "lr_milestones": [6, 8],
+                      "hidden": DEFAULT_HIDDEN}
+
+
+class AHCL(HashingMethod):
     """Asymmetric hash code learning. scikit-learn style: ``fit`` returns ``self``.
 
     Fitted attributes: ``net_`` (:class:`HashNet`), ``V_`` int8 (n, c) ±1 database codes,
@@ -129,14 +148,9 @@ class AHCL:
     rank 0 alone (``None`` elsewhere).
     """
 
-    name = "ahcl"
-
-    def __init__(self, **params: Any) -> None:
-        self.params = AHCLParams(**params)
-
-    def get_config(self) -> dict[str, Any]:
-        """The method name and every hyper-parameter (replays the run)."""
-        return {"method": self.name, **dataclasses.asdict(self.params)}
+    spec = MethodSpec("ahcl", "asymmetric", trainable=True,
+                      grid=lr_dropout_grid("gamma", (20.0, 5.0)), budget=_ASYMMETRIC_BUDGET)
+    Params = AHCLParams
 
     # ------------------------------------------------------------------ network
     def build_net(self, in_dim: int, n_classes: int, backbone: nn.Module | None = None) -> HashNet:
@@ -158,28 +172,17 @@ class AHCL:
         return self.params.lr * 0.1 ** drops
 
     # ------------------------------------------------------------------ fit
-    def fit(self, inputs: np.ndarray | FeatureFeeder | ImageFeeder, labels: np.ndarray, *,
-            n_classes: int | None = None, backbone: nn.Module | None = None,
-            checkpoint: str | Path | None = None,
-            on_iteration: Callable[[dict[str, Any]], None] | None = None) -> "AHCL":
-        """Learn the network and the database codes of ``inputs``.
+    def _fit(self, data: FitInputs, *, checkpoint: str | Path | None,
+             on_iteration: Callable[[dict[str, Any]], None] | None) -> None:
+        """Learn the network and the database codes (see :meth:`HashingMethod.fit`).
 
-        Args:
-            inputs: float32 (n, d) frozen features, or a feeder (images for finetune mode).
-            labels: int64 (n,) class ids of the database items.
-            n_classes: K (default ``labels.max() + 1``).
-            backbone: trainable backbone (finetune mode); ``inputs`` then feeds images.
-            checkpoint: file written atomically after every outer iteration; when it exists,
-                training resumes from it and ends with the same result as an uninterrupted run.
-            on_iteration: called with each iteration's metrics dict.
-
-        Returns:
-            ``self``.
+        ``checkpoint``: file written atomically after every outer iteration; when it exists,
+        training resumes from it and ends with the same result as an uninterrupted run.
         """
         p = self.params
-        feeder, labels, K, in_dim = check_training_inputs(inputs, labels, n_classes, backbone)
+        feeder, labels, K = data.feeder, data.labels, data.n_classes
         n = len(labels)
-        net = self.build_net(in_dim, K, backbone)
+        net = self.build_net(data.in_dim, K, data.backbone)
         opt = self._optimizer(net)
         world, me = dist.world_size(), dist.rank()
         reduce = dist.all_reduce_numpy if world > 1 else None
@@ -233,7 +236,6 @@ class AHCL:
         self.net_, self.V_, self.history_, self.n_classes_ = net, V, history, K
         self.code_state_, self.rows_ = state, rows
         self.db_codes_ = dist.gather_numpy(pack_codes(V)) if world > 1 else pack_codes(V)
-        return self
 
     def _network_step(self, model: nn.Module, opt: torch.optim.Optimizer, feeder,
                       labels: np.ndarray, v_rows: Callable[[np.ndarray], np.ndarray],
@@ -286,13 +288,12 @@ class AHCL:
                                                                              np.float32)
 
     # ------------------------------------------------------------------ use
-    def encode_u(self, inputs: np.ndarray | FeatureFeeder | ImageFeeder,
-                 batch_size: int = 512) -> np.ndarray:
+    def encode_u(self, inputs: Inputs, batch_size: int = 512) -> np.ndarray:
         """Network outputs ``u``: float32 (n, n_bits)."""
         feeder = as_feeder(inputs)
         return self._outputs(self.net_, feeder, np.arange(len(feeder)), batch_size)
 
-    def encode(self, inputs: np.ndarray | FeatureFeeder | ImageFeeder) -> np.ndarray:
+    def encode(self, inputs: Inputs) -> np.ndarray:
         """Query codes ``sign(u)`` (sign(0) = +1), packed uint8 (n, n_bits/8)."""
         return pack_codes(self.encode_u(inputs))
 
@@ -367,24 +368,10 @@ class ADSH(AHCL):
     two compare at equal cost; ``similarity="hard"`` gives the ADSH paper's −1 for dissimilar pairs.
     """
 
-    name = "adsh"
-
-    def __init__(self, **params: Any) -> None:
-        if params.get("gamma", 0.0):
-            raise AhclError("ADSH has no semantic term: gamma must be 0 (use method 'ahcl')")
-        params["gamma"] = 0.0
-        super().__init__(**params)
-
-
-METHODS: dict[str, type[AHCL]] = {"ahcl": AHCL, "adsh": ADSH}
-
-
-def get_method(name: str) -> type[AHCL]:
-    """The method class registered under ``name``."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise AhclError(f"unknown method {name!r}; choose from {', '.join(METHODS)}") from None
+    spec = MethodSpec("adsh", "asymmetric", trainable=True,
+                      grid=lr_dropout_grid("lam", (200.0, 50.0)), budget=_ASYMMETRIC_BUDGET,
+                      ablates=("ahcl", "the semantic (classification) term"))
+    Params = ADSHParams
 
 
 def initial_codes(n: int, n_bits: int, seed: int, rows: slice | None = None,

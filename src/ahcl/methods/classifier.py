@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ahcl.methods.base import MethodSpec, lr_dropout_grid
 from ahcl.methods.losses import class_centers
 from ahcl.methods.symmetric import DeepParams, MiniBatchMethod
 from ahcl.models.heads import mlp_head
@@ -55,7 +56,8 @@ class ClassifierCodes(MiniBatchMethod):
     Loss: ``L = mean_i CE(f(x_i), y_i)``. Fitted ``centers_`` int8 (K, c): the class codes.
     """
 
-    name = "classifier"
+    spec = MethodSpec("classifier", "classifier", grid=lr_dropout_grid("hidden", (0, 512)),
+                      budget={"epochs": 20})
     Params = ClassifierParams
 
     def build_net(self, in_dim: int, n_classes: int, backbone: nn.Module | None) -> nn.Module:

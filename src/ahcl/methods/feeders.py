@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ahcl.data.images import load_rgb
+
 
 class FeatureFeeder:
     """Rows of a precomputed float32 (n, d) feature matrix."""
@@ -39,8 +41,6 @@ class ImageFeeder:
     """Images loaded and transformed on the fly (finetune mode), optionally in worker processes."""
 
     def __init__(self, paths: Sequence[str], transform: Callable, num_workers: int = 0) -> None:
-        from ahcl.data.images import load_rgb
-
         self.dataset = _ImageDataset(paths, transform, load_rgb)
         self.num_workers = num_workers
 
@@ -52,31 +52,6 @@ class ImageFeeder:
         loader = DataLoader(self.dataset, batch_sampler=[list(map(int, b)) for b in index_batches],
                             num_workers=self.num_workers)
         yield from loader
-
-
-def check_training_inputs(inputs: np.ndarray | FeatureFeeder | ImageFeeder, labels: np.ndarray,
-                          n_classes: int | None, backbone: torch.nn.Module | None
-                          ) -> tuple[FeatureFeeder | ImageFeeder, np.ndarray, int, int]:
-    """Validate what ``fit`` receives (shared by every deep method).
-
-    Returns:
-        ``(feeder, labels int64 (n,), K, in_dim)``; ``in_dim`` is the backbone's feature size in
-        finetune mode, else the feature matrix's width.
-
-    Raises:
-        AhclError: inputs and labels differ in length, or fewer than two classes.
-    """
-    from ahcl.errors import AhclError
-
-    feeder = as_feeder(inputs)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(feeder) != len(labels):
-        raise AhclError(f"{len(feeder)} inputs but {len(labels)} labels")
-    if len(np.unique(labels)) < 2:
-        raise AhclError("training needs at least two classes")
-    K = int(n_classes if n_classes is not None else labels.max() + 1)
-    in_dim = backbone.feature_dim if backbone is not None else feeder.features.shape[1]
-    return feeder, labels, K, in_dim
 
 
 def as_feeder(inputs: np.ndarray | FeatureFeeder | ImageFeeder) -> FeatureFeeder | ImageFeeder:

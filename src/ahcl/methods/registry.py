@@ -1,79 +1,83 @@
-"""Every retrieval method by name, and the hyper-parameter grid each one is tuned over.
+"""Every retrieval method by name: the one place that lists the method classes.
 
-All methods share one interface: ``Method(**params)``, ``fit(inputs, labels, *, n_classes=None,
-backbone=None) -> self``, fitted ``db_codes_`` (packed uint8), ``encode(inputs) -> packed uint8``,
-``get_config()``, ``name``, and a ``seed`` parameter.
+Each class declares its :class:`~ahcl.methods.base.MethodSpec` (name, kind, whether ``ahcl
+train`` runs it, tuning grid, benchmark budget); everything else (config validation, the CLI's
+choices, the benchmark and its report) reads the views below, so adding a method is one class
+and one line in :data:`_CLASSES`.
+
+All methods share one interface (:class:`~ahcl.methods.base.HashingMethod`):
+``Method(**params)``, ``fit(inputs, labels, *, n_classes=None, backbone=None) -> self``, fitted
+``db_codes_`` (packed uint8), ``encode(inputs) -> packed uint8``, ``get_config()``, ``name``.
 
 Model selection treats every method alike (see :mod:`ahcl.bench.runner`): at most
-:data:`MAX_TRIALS` settings from :data:`GRIDS`, each trained on the training part of the database
-and scored by validation mAP. A grid holds fewer trials only when the method has fewer
-hyper-parameters worth varying (LSH, ITQ).
+:data:`~ahcl.methods.base.MAX_TRIALS` settings of the method's grid, each trained on the training
+part of the database and scored by validation mAP.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ahcl.errors import AhclError
-from ahcl.methods.ahcl import METHODS as ASYMMETRIC
+from ahcl.errors import UnknownNameError
+from ahcl.methods.ahcl import ADSH, AHCL
+from ahcl.methods.base import MAX_TRIALS, HashingMethod, MethodSpec
 from ahcl.methods.classifier import ClassifierCodes
-from ahcl.methods.shallow import SHALLOW
-from ahcl.methods.symmetric import SYMMETRIC
+from ahcl.methods.shallow import ITQ, LSH, SDH
+from ahcl.methods.symmetric import CSQ, DPSH, DSH, HashNetMethod
 
-METHODS: dict[str, type] = {**ASYMMETRIC, **SYMMETRIC, **SHALLOW,
-                            "classifier": ClassifierCodes}
+_CLASSES: tuple[type[HashingMethod], ...] = (AHCL, ADSH, DPSH, HashNetMethod, DSH, CSQ, LSH, ITQ,
+                                             SDH, ClassifierCodes)
 
-KINDS: dict[str, str] = {
-    **{name: "asymmetric" for name in ASYMMETRIC},
-    **{name: "symmetric" for name in SYMMETRIC},
-    **{name: "shallow" for name in SHALLOW},
-    "classifier": "classifier",
-}
+METHODS: dict[str, type[HashingMethod]] = {cls.spec.name: cls for cls in _CLASSES}
+SPECS: dict[str, MethodSpec] = {name: cls.spec for name, cls in METHODS.items()}
+KINDS: dict[str, str] = {name: spec.kind for name, spec in SPECS.items()}
+GRIDS: dict[str, list[dict[str, Any]]] = {name: list(spec.grid) for name, spec in SPECS.items()}
+BUDGETS: dict[str, dict[str, Any]] = {name: dict(spec.budget) for name, spec in SPECS.items()
+                                      if spec.budget}
+#: The methods ``ahcl train`` writes runs for (they have a query network).
+TRAINABLE: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.trainable)
+#: The method of ``ahcl train`` when none is named: the one this project is about.
+DEFAULT_METHOD = AHCL.spec.name
 
-MAX_TRIALS = 8
-
-# Every deep method varies its own main loss weight, the learning rate and the dropout before the
-# hash head (2 × 2 × 2 = 8 trials), AHCL included and with its defaults among them; the shallow
-# methods vary what they have. Budget parameters (epochs, anchors, the hidden width) are fixed
-# per method in ahcl.bench.runner.BUDGETS, never in a grid.
-_LR_DROPOUT = [{"lr": lr, "dropout": d} for lr in (1e-3, 3e-4) for d in (0.0, 0.5)]
-
-
-def _grid(key: str, values: tuple) -> list[dict[str, Any]]:
-    return [{key: v, **rest} for v in values for rest in _LR_DROPOUT]
+__all__ = ["BUDGETS", "DEFAULT_METHOD", "GRIDS", "KINDS", "MAX_TRIALS", "METHODS", "SPECS",
+           "TRAINABLE", "create_method", "get_method", "list_methods", "methods_of_kind"]
 
 
-GRIDS: dict[str, list[dict[str, Any]]] = {
-    "ahcl": _grid("gamma", (20.0, 5.0)),
-    "adsh": _grid("lam", (200.0, 50.0)),
-    "dpsh": _grid("eta", (0.1, 0.01)),
-    "hashnet": _grid("alpha", (0.1, 0.5)),
-    "dsh": _grid("alpha", (0.01, 0.1)),
-    "csq": _grid("lam", (1e-4, 1e-2)),
-    "classifier": _grid("hidden", (0, 512)),
-    "lsh": [{}],
-    "itq": [{}],
-    "sdh": [{"nu": nu, "lam": lam} for nu in (1e-5, 1e-2) for lam in (1.0, 0.01)],
-}
+def get_method(name: str) -> type[HashingMethod]:
+    """The method class registered under ``name``.
 
-
-def get_method(name: str) -> type:
-    """The method class registered under ``name``."""
+    Raises:
+        UnknownNameError: no such method (``err.choices`` lists the registered names).
+    """
     try:
         return METHODS[name]
-    except KeyError:
-        raise AhclError(f"unknown method {name!r}; choose from {', '.join(METHODS)}") from None
+    except (KeyError, TypeError):
+        raise UnknownNameError("method", name, METHODS) from None
+
+
+def get_trainable(name: str) -> type[HashingMethod]:
+    """The class of a method ``ahcl train`` can run.
+
+    Raises:
+        UnknownNameError: not registered, or not trainable (``err.choices``: the trainable ones).
+    """
+    if name not in TRAINABLE:
+        raise UnknownNameError("method for ahcl train", name, TRAINABLE,
+                               hint="the shallow baselines and classifier codes run through "
+                                    "ahcl benchmark")
+    return METHODS[name]
 
 
 def list_methods() -> list[str]:
-    """Registered method names."""
+    """Registered method names, in registry order."""
     return list(METHODS)
 
 
-def create_method(name: str, **params: Any) -> Any:
-    """An unfitted method; unknown parameter names raise :class:`AhclError`."""
-    cls = get_method(name)
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise AhclError(f"{name}: {exc}") from None
+def methods_of_kind(kind: str) -> list[str]:
+    """Names of the registered methods of one kind (``"symmetric"``, ...)."""
+    return [name for name, k in KINDS.items() if k == kind]
+
+
+def create_method(name: str, **params: Any) -> HashingMethod:
+    """An unfitted method; unknown parameter names raise :class:`UnknownNameError`."""
+    return get_method(name)(**params)

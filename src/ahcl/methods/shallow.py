@@ -15,7 +15,7 @@ import numpy as np
 
 from ahcl.errors import AhclError
 from ahcl.index.packing import pack_codes
-from ahcl.methods.base import ParamsMethod, check_n_bits
+from ahcl.methods.base import FitInputs, HashingMethod, MethodSpec, check_n_bits
 from ahcl.methods.feeders import FeatureFeeder
 
 
@@ -38,47 +38,37 @@ class ShallowParams:
         check_n_bits(self.n_bits)
 
 
-class ShallowMethod(ParamsMethod):
+class ShallowMethod(HashingMethod):
     """Base: ``fit`` learns a projection, ``encode`` = sign(projection), sign(0) = +1.
 
     Fitted attributes: ``mean_`` float64 (d,), ``db_codes_`` packed uint8 (n, c/8),
-    ``timings_`` (``train_s``, ``db_codes_s``). A subclass writes :meth:`_fit` and
+    ``timings_`` (``train_s``, ``db_codes_s``). A subclass writes :meth:`_fit_projection` and
     :meth:`_project`.
     """
 
     Params: ClassVar[type[ShallowParams]] = ShallowParams
 
 
-    def fit(self, inputs: Any, labels: np.ndarray, *, n_classes: int | None = None,
-            backbone: Any = None, checkpoint: Any = None,
-            on_iteration: Callable[[dict[str, Any]], None] | None = None) -> "ShallowMethod":
-        """Learn from float32 (n, d) features (and labels, for supervised methods).
-
-        ``checkpoint`` and ``on_iteration`` are accepted for interface compatibility and unused.
-        """
+    def _fit(self, data: FitInputs, *, checkpoint: Any,
+             on_iteration: Callable[[dict[str, Any]], None] | None) -> None:
+        """Learn from float (n, d) features (and labels, for supervised methods); ``checkpoint``
+        and ``on_iteration`` are accepted for interface compatibility and unused."""
         del checkpoint, on_iteration
-        if backbone is not None:
-            raise AhclError(f"{self.name} works on frozen features only: use --mode frozen")
-        x = _features(inputs, self.name)
-        labels = np.asarray(labels, dtype=np.int64)
-        if len(x) != len(labels):
-            raise AhclError(f"{len(x)} inputs but {len(labels)} labels")
-        K = int(n_classes if n_classes is not None else labels.max() + 1)
+        x = _features(data.inputs, self.name)  # the caller's dtype, in float64
         tic = time.perf_counter()
         self.mean_ = x.mean(0)
-        self._fit(x - self.mean_, labels, K)
+        self._fit_projection(x - self.mean_, data.labels, data.n_classes)
         train_s = time.perf_counter() - tic
         tic = time.perf_counter()
         self.db_codes_ = self.encode(x)
         self.timings_ = {"train_s": train_s, "db_codes_s": time.perf_counter() - tic}
-        return self
 
     def encode(self, inputs: Any) -> np.ndarray:
         """Packed uint8 (n, n_bits/8) codes of float (n, d) features."""
         x = _features(inputs, self.name)
         return pack_codes(self._project(x - self.mean_))
 
-    def _fit(self, x: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
+    def _fit_projection(self, x: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
         raise NotImplementedError
 
     def _project(self, x: np.ndarray) -> np.ndarray:
@@ -92,9 +82,9 @@ class LSH(ShallowMethod):
     centred on the training mean (``μ``) so each bit splits the data roughly in half.
     """
 
-    name = "lsh"
+    spec = MethodSpec("lsh", "shallow")
 
-    def _fit(self, x: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
+    def _fit_projection(self, x: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
         rng = np.random.default_rng([self.params.seed, 0x15A])
         self.W_ = rng.standard_normal((x.shape[1], self.params.n_bits))
 
@@ -117,10 +107,10 @@ class ITQ(ShallowMethod):
     the SVD ``Bᵀ V = S Ω Ŝᵀ``, starting from a seeded random rotation. Needs ``c <= d``.
     """
 
-    name = "itq"
+    spec = MethodSpec("itq", "shallow", budget={"n_iter": 50})
     Params = ITQParams
 
-    def _fit(self, x: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
+    def _fit_projection(self, x: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
         c = self.params.n_bits
         if c > min(x.shape):
             raise AhclError(f"ITQ needs n_bits <= min(n, feature dim) = {min(x.shape)}, got {c}")
@@ -167,7 +157,9 @@ class SDH(ShallowMethod):
     ``Q = Y Wᵀ + ν φ(X) P`` (the exact minimiser of that column). Codes: ``sign(φ(x) P)``.
     """
 
-    name = "sdh"
+    spec = MethodSpec("sdh", "shallow", budget={"n_anchors": 1000, "n_iter": 5},
+                      grid=tuple({"nu": nu, "lam": lam} for nu in (1e-5, 1e-2)
+                                 for lam in (1.0, 0.01)))
     Params = SDHParams
 
     def _rbf(self, x: np.ndarray) -> np.ndarray:
@@ -175,7 +167,7 @@ class SDH(ShallowMethod):
               + (self.anchors_ ** 2).sum(1)[None, :])
         return np.exp(-np.maximum(d2, 0) / (2 * self.sigma_ ** 2))
 
-    def _fit(self, x: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
+    def _fit_projection(self, x: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
         p = self.params
         n, c = len(x), p.n_bits
         rng = np.random.default_rng([p.seed, 0x5D4])
@@ -203,5 +195,3 @@ class SDH(ShallowMethod):
     def _project(self, x: np.ndarray) -> np.ndarray:
         return (self._rbf(x) - self.phi_mean_) @ self.P_
 
-
-SHALLOW: dict[str, type[ShallowMethod]] = {"lsh": LSH, "itq": ITQ, "sdh": SDH}

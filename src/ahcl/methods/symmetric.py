@@ -24,14 +24,16 @@ from torch import nn
 
 from ahcl.errors import AhclError
 from ahcl.index.packing import pack_codes
-from ahcl.methods.base import ParamsMethod, check_n_bits
-from ahcl.methods.feeders import (FeatureFeeder, ImageFeeder, as_feeder,
-                                  check_training_inputs)
+from ahcl.methods.base import (DEFAULT_HIDDEN, FitInputs, HashingMethod, Inputs, MethodSpec,
+                               check_n_bits, lr_dropout_grid)
+from ahcl.methods.feeders import as_feeder
 from ahcl.methods.losses import (class_centers, csq_loss, dpsh_loss, dsh_loss, hashnet_loss,
                                  similarity)
 from ahcl.models.heads import HashNet
 
-Inputs = np.ndarray | FeatureFeeder | ImageFeeder
+#: Fixed benchmark budget of the deep symmetric methods: `epochs` passes over the database (as
+#: many as AHCL's outer_iters × epochs) and AHCL's hash head width.
+DEEP_BUDGET = {"epochs": 20, "hidden": DEFAULT_HIDDEN}
 
 
 @dataclass
@@ -56,7 +58,7 @@ class DeepParams:
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 5e-4
-    hidden: int = 512
+    hidden: int = DEFAULT_HIDDEN
     dropout: float = 0.0
     seed: int = 0
 
@@ -70,10 +72,10 @@ class DeepParams:
             raise AhclError("lr must be > 0 and weight_decay >= 0")
 
 
-class MiniBatchMethod(ParamsMethod):
+class MiniBatchMethod(HashingMethod):
     """Base of the deep baselines: seeded mini-batch training, codes from a forward pass.
 
-    A subclass sets ``name`` and ``Params`` and writes :meth:`loss`; it may override
+    A subclass sets ``spec`` and ``Params`` and writes :meth:`loss`; it may override
     :meth:`build_net`, :meth:`prepare` (per-fit state such as hash centres) and :meth:`real_codes`.
     Fitted attributes: ``net_``, ``db_codes_`` packed uint8 (n, c/8), ``history_`` (one dict per
     epoch), ``n_classes_``, ``timings_`` (``train_s``, ``db_codes_s``: the forward pass over the
@@ -99,32 +101,21 @@ class MiniBatchMethod(ParamsMethod):
         return net(x)[0]
 
     # ---------------------------------------------------------------- fit / encode
-    def fit(self, inputs: Inputs, labels: np.ndarray, *, n_classes: int | None = None,
-            backbone: nn.Module | None = None, checkpoint: Any = None,
-            on_iteration: Callable[[dict[str, Any]], None] | None = None) -> "MiniBatchMethod":
+    def _fit(self, data: FitInputs, *, checkpoint: Any,
+             on_iteration: Callable[[dict[str, Any]], None] | None) -> None:
         """Train on the database items, then code them with a forward pass.
 
-        Args:
-            inputs: float32 (n, d) frozen features, or a feeder (images in finetune mode).
-            labels: int (n,) class ids.
-            n_classes: K (default ``labels.max() + 1``).
-            backbone: trainable backbone (finetune mode).
-            checkpoint: accepted for interface compatibility with AHCL and ignored: these
-                trainings are short and restart from scratch.
-            on_iteration: called with each epoch's metrics dict.
-
-        Returns:
-            ``self``.
+        ``checkpoint`` is accepted for interface compatibility with AHCL and ignored: these
+        trainings are short and restart from scratch. ``on_iteration`` gets each epoch's metrics.
         """
-        del checkpoint
         p = self.params
-        feeder, labels, K, in_dim = check_training_inputs(inputs, labels, n_classes, backbone)
+        feeder, labels, K = data.feeder, data.labels, data.n_classes
         n = len(labels)
         tic = time.perf_counter()
         history: list[dict[str, Any]] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(p.seed)
-            net = self.build_net(in_dim, K, backbone)
+            net = self.build_net(data.in_dim, K, data.backbone)
             self.prepare(labels, K)
             opt = (torch.optim.SGD(net.parameters(), lr=p.lr, momentum=0.9,
                                    weight_decay=p.weight_decay) if p.optimizer == "sgd" else
@@ -157,7 +148,6 @@ class MiniBatchMethod(ParamsMethod):
         tic = time.perf_counter()
         self.db_codes_ = self.encode(feeder)
         self.timings_ = {"train_s": train_s, "db_codes_s": time.perf_counter() - tic}
-        return self
 
     @torch.inference_mode()
     def encode_real(self, inputs: Inputs, batch_size: int = 512) -> np.ndarray:
@@ -192,7 +182,8 @@ class DPSH(MiniBatchMethod):
         L = mean_{i≠j} [ log(1 + e^{Θ_ij}) − s_ij Θ_ij ] + η · mean_i ‖b_i − u_i‖²
     """
 
-    name = "dpsh"
+    spec = MethodSpec("dpsh", "symmetric", trainable=True,
+                      grid=lr_dropout_grid("eta", (0.1, 0.01)), budget=DEEP_BUDGET)
     Params = DPSHParams
 
     def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
@@ -219,7 +210,8 @@ class HashNetMethod(MiniBatchMethod):
     Codes are ``sign(z)``, which equals ``sign(tanh(β z))`` for every β.
     """
 
-    name = "hashnet"
+    spec = MethodSpec("hashnet", "symmetric", trainable=True,
+                      grid=lr_dropout_grid("alpha", (0.1, 0.5)), budget=DEEP_BUDGET)
     Params = HashNetParams
 
     def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
@@ -246,7 +238,8 @@ class DSH(MiniBatchMethod):
             + α · mean_i ‖ |u_i| − 1 ‖₁
     """
 
-    name = "dsh"
+    spec = MethodSpec("dsh", "symmetric", trainable=True,
+                      grid=lr_dropout_grid("alpha", (0.01, 0.1)), budget=DEEP_BUDGET)
     Params = DSHParams
 
     def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
@@ -274,7 +267,8 @@ class CSQ(MiniBatchMethod):
     Fitted ``centers_``: int8 (K, c).
     """
 
-    name = "csq"
+    spec = MethodSpec("csq", "symmetric", trainable=True,
+                      grid=lr_dropout_grid("lam", (1e-4, 1e-2)), budget=DEEP_BUDGET)
     Params = CSQParams
 
     def prepare(self, labels: np.ndarray, n_classes: int) -> None:
@@ -284,6 +278,3 @@ class CSQ(MiniBatchMethod):
     def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         return csq_loss(net(x)[0], self._centers_t[y], self.params.lam)
 
-
-SYMMETRIC: dict[str, type[MiniBatchMethod]] = {
-    "dpsh": DPSH, "hashnet": HashNetMethod, "dsh": DSH, "csq": CSQ}

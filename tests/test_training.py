@@ -123,6 +123,7 @@ def test_resume_after_crash_equals_uninterrupted(synthetic_scenes, tmp_path, mon
     assert [json.loads(r)["iteration"] for r in rows] == list(range(5))
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9(synthetic_scenes, tmp_path):
     """A real SIGKILL in the middle of training; --resume ends with the uninterrupted result."""
     args = ["--set", "outer_iters=20", "--set", "epochs=2"]

@@ -155,7 +155,8 @@ def test_summary_mean_and_sample_std() -> None:
     assert one["map"]["std"] == 0.0
 
 
-@pytest.mark.parametrize("ahcl_map, word", [(0.9, "holds here"), (0.5, "does not hold")])
+@pytest.mark.parametrize("ahcl_map, word", [(0.9, "the claim holds here."),
+                                             (0.5, "the claim does not hold here.")])
 def test_verdict_follows_the_numbers(ahcl_map: float, word: str) -> None:
     cells = [_cell("ahcl", b, 0, ahcl_map) for b in (16, 32)] + \
         [_cell("csq", b, 0, 0.7) for b in (16, 32)]

@@ -76,6 +76,7 @@ def test_index_build_images_one_process(trained_run, new_images, tmp_path):
     assert not (tmp_path / "idx.shards").exists()
 
 
+@pytest.mark.slow
 def test_index_build_two_ranks_equals_one_process(trained_run, new_images, tmp_path):
     run = ahcl.load_run(trained_run)
     paths = list_image_files(new_images)

@@ -21,6 +21,8 @@ from ahcl.methods.solver import code_step, database_stats
 
 from ._worker import code_step_inputs
 
+pytestmark = pytest.mark.slow  # every test here launches torchrun (two Python processes)
+
 WORKER = Path(__file__).with_name("_worker.py")
 # Without dropout: ranks draw their own masks, which would make the runs differ by more than rounding.
 FAST = ["--backbone", "tiny_cnn", "--bits", "16", "--set", "outer_iters=3", "--set", "hidden=32",

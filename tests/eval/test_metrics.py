@@ -334,6 +334,7 @@ def test_bad_inputs_raise_one_clear_error(kwargs: dict, match: str) -> None:
     assert isinstance(info.value, AhclError) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_eval_does_not_import_torch() -> None:
     import subprocess
     import sys

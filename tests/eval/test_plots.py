@@ -55,6 +55,7 @@ def test_bad_suffix_leaves_nothing(tmp_path: Path, reports: dict) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_plots_leave_pyplot_and_backend_alone(tmp_path: Path) -> None:
     # In a fresh interpreter: plotting must neither import pyplot nor pick a backend.
     code = ("import sys, matplotlib; from ahcl.eval.plots import plot_map_vs_bits; "

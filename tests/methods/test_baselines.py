@@ -4,6 +4,7 @@ Gaussian clusters, is byte-identical under a seed and leaves the global random s
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -196,7 +197,26 @@ def test_symmetric_db_codes_are_a_forward_pass(clusters) -> None:
     for name in ("hashnet", "csq", "classifier", "sdh"):
         m = _fit(name, clusters)
         assert np.array_equal(m.db_codes_, m.encode(x_db)), name
-        assert m.timings_["db_codes_s"] >= 0 and m.timings_["train_s"] >= 0
+        assert m.timings_["db_codes_s"] > 0 and m.timings_["train_s"] > 0
+
+
+@pytest.mark.parametrize("name", ["csq", "itq"])
+def test_timings_split_training_from_the_database_pass(clusters, monkeypatch, name) -> None:
+    """``db_codes_s`` times the database pass alone: slowing ``encode`` down shows up there and
+    not in ``train_s``."""
+    plain = _fit(name, clusters)
+    cls = METHODS[name]
+    original = cls.encode
+
+    def slow_encode(self, inputs):
+        time.sleep(0.3)
+        return original(self, inputs)
+
+    monkeypatch.setattr(cls, "encode", slow_encode)
+    m = create_method(name, n_bits=BITS, **FAST.get(name, {})).fit(clusters[0], clusters[1])
+    assert m.timings_["db_codes_s"] >= 0.3
+    assert 0 < m.timings_["train_s"] < m.timings_["db_codes_s"] + 60
+    assert plain.timings_["db_codes_s"] < m.timings_["db_codes_s"] - 0.25
 
 
 def test_lsh_is_random_hyperplanes(clusters) -> None:

@@ -117,6 +117,13 @@ def test_missing_file_and_wrong_magic(tmp_path: Path) -> None:
         HammingIndex.load(tmp_path / "x.ahix")
 
 
+def test_file_errors_carry_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.ahix"
+    with pytest.raises(IndexFileError) as info:
+        HammingIndex.load(missing)
+    assert info.value.path == str(missing) and str(info.value).startswith(f"{missing}: ")
+
+
 def test_interrupted_save_leaves_previous_file_intact(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "a.ahix"

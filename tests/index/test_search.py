@@ -160,6 +160,23 @@ def test_errors_are_one_line_user_errors() -> None:
         HammingIndex(12)
 
 
+def test_errors_carry_their_facts_as_fields() -> None:
+    index = HammingIndex(64)
+    index.add(np.zeros((2, 8), np.uint8))
+    with pytest.raises(ValueError) as info:  # HammingIndexError is a ValueError
+        index.add(np.zeros((1, 8), np.uint8), ids=[1])
+    assert isinstance(info.value, HammingIndexError) and info.value.id == 1
+    with pytest.raises(HammingIndexError) as info:
+        index.search(np.zeros((1, 4), np.uint8), 1)
+    assert (info.value.n_bits, info.value.got_bits) == (64, 32)
+    with pytest.raises(HammingIndexError) as info:
+        index.codes_of([99])
+    assert info.value.id == 99 and str(info.value) == "id 99 is not in the index"
+    with pytest.raises(HammingIndexError) as info:
+        index.search(np.zeros((1, 8), np.uint8), 0)
+    assert info.value.k == 0
+
+
 def test_empty_index_and_no_queries() -> None:
     index = HammingIndex(128)
     d, i = index.search(np.zeros((2, 16), np.uint8), 3)
@@ -201,8 +218,6 @@ def test_compaction_with_heavy_ties_matches_brute_force(n_bits: int) -> None:
 
 
 def test_codes_of_returns_stored_codes_across_segments():
-    from ahcl.index import HammingIndex
-
     rng = np.random.default_rng(5)
     a = rng.integers(0, 256, (5, 4), dtype=np.uint8)
     b = rng.integers(0, 256, (3, 4), dtype=np.uint8)

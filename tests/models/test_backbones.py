@@ -11,7 +11,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from ahcl.errors import AhclError
+from ahcl.errors import AhclError, UnknownNameError
 from ahcl.models.backbones import (
     Backbone,
     UnknownBackboneError,
@@ -133,6 +133,21 @@ def test_unknown_names_raise_user_errors():
     assert not weights_available("tiny_cnn")
 
 
+def test_unknown_names_are_key_errors_with_fields_and_the_same_message():
+    with pytest.raises(UnknownNameError) as info:
+        create_backbone("resnet_9000")
+    err = info.value
+    assert isinstance(err, KeyError) and isinstance(err, UnknownBackboneError)
+    assert (err.kind, err.name, err.choices) == ("backbone", "resnet_9000", list_backbones())
+    assert str(err) == (f"unknown backbone 'resnet_9000'; choose one of {', '.join(list_backbones())}"
+                        " or another torchvision classification model")
+    with pytest.raises(UnknownBackboneError) as info:
+        create_backbone("resnet18", weights="NOPE")
+    err = info.value
+    assert (err.kind, err.name, err.backbone) == ("weights", "NOPE", "resnet18")
+    assert "IMAGENET1K_V1" in err.choices
+
+
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch) -> Path:
     """Torch's hub cache pointed at an empty folder, and downloads failing as they do offline."""
@@ -154,6 +169,14 @@ def test_missing_weights_offline_raise_one_actionable_line(empty_hub, capsys):
     assert isinstance(info.value, AhclError) and "\n" not in message
     assert "resnet18-f37072fd.pth" in message and "pretrained=False" in message
     assert capsys.readouterr().out == ""  # torch.hub's "Downloading" notice is kept off stdout
+
+
+def test_missing_weights_error_carries_fields(empty_hub):
+    with pytest.raises(WeightsUnavailableError) as info:
+        create_backbone("resnet18", pretrained=True)
+    err = info.value
+    assert (err.name, err.weights) == ("resnet18", "IMAGENET1K_V1")
+    assert err.path == str(empty_hub / "resnet18-f37072fd.pth") and err.reason == "URLError"
 
 
 def test_corrupt_cached_weights_raise(empty_hub):

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -23,21 +22,13 @@ from typing import Iterable
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
-from ahcl import __version__
+from ahcl._version import __version__
+from ahcl._io import file_digest  # re-exported: ahcl.data.download.file_digest
 from ahcl._progress import progress_bar
 from ahcl.errors import ChecksumError, DatasetError
 
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # bytes per read of a download
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
-def file_digest(path: str | os.PathLike, algorithm: str) -> str:
-    """Hex digest (``"md5"`` or ``"sha256"``) of a file, read in 1 MiB chunks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_checksum(path: str | os.PathLike, md5: str | None = None,
@@ -46,7 +37,8 @@ def verify_checksum(path: str | os.PathLike, md5: str | None = None,
 
     Raises:
         ChecksumError: the digest differs; the message names the file, both digests and, if
-            given, where it came from.
+            given, where it came from (fields ``path``, ``algorithm``, ``actual``, ``expected``,
+            ``source``).
     """
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if expected:
@@ -55,7 +47,9 @@ def verify_checksum(path: str | os.PathLike, md5: str | None = None,
                 origin = f" (from {source})" if source else ""
                 raise ChecksumError(
                     f"{path}{origin} has {algorithm} {actual}, expected {expected}: the file is "
-                    "corrupt, incomplete or a different version; delete it and download again")
+                    "corrupt, incomplete or a different version; delete it and download again",
+                    path=os.fspath(path), algorithm=algorithm, actual=actual, expected=expected,
+                    source=source)
             return
 
 

@@ -96,6 +96,11 @@ class Segment:
             yield np.diff(np.asarray(offsets)), bytes(blob[lo:hi])
 
 
+def _file_error(path: Path, problem: str) -> IndexFileError:
+    """``"<path>: <problem>"``, with the file as the error's ``path`` field."""
+    return IndexFileError(f"{path}: {problem}", path=str(path))
+
+
 def _aligned(x: int) -> int:
     return (x + ALIGN - 1) // ALIGN * ALIGN
 
@@ -178,34 +183,34 @@ def read_header(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise IndexFileError(f"{path}: no such index file (create one with `ahcl index build`)")
+        raise _file_error(path, "no such index file (create one with `ahcl index build`)")
     size = path.stat().st_size
     with open(path, "rb") as f:
         pre = f.read(_PREAMBLE.size)
         if len(pre) < _PREAMBLE.size:
-            raise IndexFileError(f"{path}: truncated index file ({size} bytes); rebuild or restore it")
+            raise _file_error(path, f"truncated index file ({size} bytes); rebuild or restore it")
         magic, version, hlen, hcrc, _ = _PREAMBLE.unpack(pre)
         if magic != MAGIC:
-            raise IndexFileError(f"{path}: not an ahcl index file (bad magic)")
+            raise _file_error(path, "not an ahcl index file (bad magic)")
         if version != VERSION:
-            raise IndexFileError(f"{path}: index format version {version}, this ahcl reads "
-                                 f"{VERSION}; upgrade ahcl or rebuild the index")
+            raise _file_error(path, f"index format version {version}, this ahcl reads "
+                                    f"{VERSION}; upgrade ahcl or rebuild the index")
         raw = f.read(hlen)
     if len(raw) < hlen:
-        raise IndexFileError(f"{path}: truncated index file ({size} bytes); rebuild or restore it")
+        raise _file_error(path, f"truncated index file ({size} bytes); rebuild or restore it")
     if zlib.crc32(raw) != hcrc:
-        raise IndexFileError(f"{path}: index header checksum mismatch (file corrupted); "
-                             "rebuild or restore it")
+        raise _file_error(path, "index header checksum mismatch (file corrupted); "
+                                "rebuild or restore it")
     header = json.loads(raw)
     if header["file_size"] != size:
         what = "truncated" if size < header["file_size"] else "has trailing bytes"
-        raise IndexFileError(f"{path}: index file {what} ({size} bytes, header says "
-                             f"{header['file_size']}); rebuild or restore it")
+        raise _file_error(path, f"index file {what} ({size} bytes, header says "
+                                f"{header['file_size']}); rebuild or restore it")
     for name in SECTIONS:
         sec = header["sections"][name]
         if sec["offset"] + sec["nbytes"] > size:
-            raise IndexFileError(f"{path}: section {name} runs past the end of the file; "
-                                 "rebuild or restore it")
+            raise _file_error(path, f"section {name} runs past the end of the file; "
+                                    "rebuild or restore it")
     return header
 
 
@@ -258,11 +263,11 @@ def read_index(path: str | os.PathLike, mmap: bool = True,
     if verify:
         for name, arr in arrays.items():
             if _crc(arr) != header["sections"][name]["crc32"]:
-                raise IndexFileError(f"{path}: section {name} checksum mismatch (file corrupted); "
-                                     "rebuild or restore it")
+                raise _file_error(path, f"section {name} checksum mismatch (file corrupted); "
+                                        "rebuild or restore it")
     n = header["n"]
     offsets = arrays["meta_offsets"]
     if offsets.shape != (n + 1,) or (n and int(offsets[-1]) != arrays["meta_blob"].shape[0]):
-        raise IndexFileError(f"{path}: inconsistent metadata section; rebuild or restore it")
+        raise _file_error(path, "inconsistent metadata section; rebuild or restore it")
     meta = (offsets, arrays["meta_blob"]) if arrays["meta_blob"].shape[0] else None
     return header, Segment(arrays["codes"], arrays["ids"], arrays["labels"], meta)

@@ -28,7 +28,11 @@ from ahcl.index.packing import as_packed
 
 
 class HammingIndexError(AhclError, ValueError):
-    """Wrong input to the index: code width, duplicate or unknown ids, bad arguments."""
+    """Wrong input to the index: code width, duplicate or unknown ids, bad arguments.
+
+    Fields, where they apply: ``n_bits`` (the index's, or the one given), ``got_bits`` (the width
+    of the codes given), ``id`` (a clashing or unknown id), ``k``.
+    """
 
 
 class HammingIndex:
@@ -38,12 +42,16 @@ class HammingIndex:
         n_bits: code length, a positive multiple of 8.
         mih: keep multi-index hashing tables and use them for :meth:`search` (rebuilt lazily
             after changes). Adds about ``4 n m`` bytes (see :mod:`ahcl.index.mih`).
-        threads: kernel threads (``None``: all cores).
+        threads: kernel threads of each call (``None``: the calling thread's numba setting, all
+            cores by default). Scoped to the calling thread and the call
+            (:func:`ahcl.index.kernels.thread_limit`): indexes with different ``threads`` can be
+            searched from several threads at once.
     """
 
     def __init__(self, n_bits: int, *, mih: bool = False, threads: int | None = None) -> None:
         if n_bits <= 0 or n_bits % 8:
-            raise HammingIndexError(f"n_bits must be a positive multiple of 8, got {n_bits}")
+            raise HammingIndexError(f"n_bits must be a positive multiple of 8, got {n_bits}",
+                                    n_bits=n_bits)
         self.n_bits = int(n_bits)
         self.mih = bool(mih)
         self.threads = threads
@@ -98,7 +106,8 @@ class HammingIndex:
             raise HammingIndexError(f"{what}: {exc}") from None
         if packed.shape[1] != self.nbytes_per_code:
             raise HammingIndexError(
-                f"{what} have {packed.shape[1] * 8} bits, the index holds {self.n_bits}-bit codes")
+                f"{what} have {packed.shape[1] * 8} bits, the index holds {self.n_bits}-bit codes",
+                n_bits=self.n_bits, got_bits=packed.shape[1] * 8)
         return packed
 
     def add(self, codes: np.ndarray, ids: Sequence[int] | np.ndarray | None = None,
@@ -151,7 +160,8 @@ class HammingIndex:
             clash = new_ids[np.isin(new_ids, self.ids)]
             if clash.shape[0]:
                 raise HammingIndexError(f"id {int(clash[0])} is already in the index "
-                                        f"({clash.shape[0]} clashing ids); remove it first")
+                                        f"({clash.shape[0]} clashing ids); remove it first",
+                                        id=int(clash[0]))
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         """Remove the codes with these ids (unknown ids are ignored); returns how many went."""
@@ -243,7 +253,7 @@ class HammingIndex:
                                                                  np.ndarray]:
         """:meth:`search` plus ``P int64 (nq, k)``: storage positions (``-1`` padding)."""
         if int(k) < 1:
-            raise HammingIndexError(f"k must be >= 1, got {k}")
+            raise HammingIndexError(f"k must be >= 1, got {k}", k=k)
         k = int(k)
         q = self._queries(query_codes)
         nq = q.shape[0]
@@ -339,7 +349,7 @@ class HammingIndex:
         at = np.minimum(at, max(keys.shape[0] - 1, 0))
         if keys.shape[0] == 0 or np.any(keys[at] != want):
             missing = want if keys.shape[0] == 0 else want[keys[at] != want]
-            raise HammingIndexError(f"id {int(missing[0])} is not in the index")
+            raise HammingIndexError(f"id {int(missing[0])} is not in the index", id=int(missing[0]))
         return at if order is None else order[at]
 
     def _locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,8 @@
 
 Codes reach the kernels as ``uint64 (n, W)`` words (``W = ceil(n_bits / 64)``, zero padded, so
 padding bits never add distance). Every kernel is ``cache=True`` (compiled once per machine, then
-loaded from ``__pycache__``) and ``nogil``; the query loops use ``prange`` and obey
-``numba.set_num_threads`` (see :func:`thread_limit`).
+loaded from ``__pycache__``) and ``nogil``; the query loops use ``prange``. Callers run them inside
+:func:`thread_limit`, which scopes the thread count to the calling thread and the call.
 
 Top-k selection (why no heap): a distance is at most ``n_bits``, so each query keeps a small
 candidate buffer and a running bound. A candidate enters when ``d < bound_d`` or
@@ -18,6 +18,7 @@ after the first few thousand codes almost all the work is popcounts.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import numba
@@ -45,18 +46,36 @@ def _popcount64(typingctx, x):  # noqa: ARG001 (numba intrinsic signature)
     return sig, codegen
 
 
+# Held around kernel calls when numba's threading layer is "workqueue", which aborts the process
+# when two Python threads launch parallel kernels at once (omp and tbb are thread-safe).
+_SERIAL = threading.RLock()
+
+
+def _layer_is_threadsafe() -> bool:
+    numba.get_num_threads()  # starts numba's pool once (under numba's lock), choosing the layer
+    return numba.threading_layer() != "workqueue"
+
+
 @contextlib.contextmanager
 def thread_limit(threads: int | None) -> Iterator[None]:
-    """Run the enclosed kernels on ``threads`` threads (``None``: numba's default, all cores)."""
-    if threads is None:
+    """Run the enclosed kernels on ``threads`` threads, for the calling thread and this block only.
+
+    ``numba.set_num_threads`` is thread-local (numba keeps the count per thread and each parallel
+    launch reads the launching thread's value; a new thread starts at ``NUMBA_NUM_THREADS``), so
+    the limit holds for this thread and this ``with`` block only: two threads can search with
+    different limits at once, and nothing process-wide changes. ``threads`` is clamped to
+    ``[1, NUMBA_NUM_THREADS]``; ``None`` keeps the calling thread's count (numba's default: all
+    cores). Under numba's "workqueue" layer, which is not thread-safe, the blocks of different
+    threads run one at a time.
+    """
+    with contextlib.ExitStack() as stack:
+        if not _layer_is_threadsafe():
+            stack.enter_context(_SERIAL)
+        if threads is not None:
+            previous = numba.get_num_threads()
+            numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+            stack.callback(numba.set_num_threads, previous)
         yield
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 @njit(cache=True, nogil=True)

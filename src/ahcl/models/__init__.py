@@ -1,4 +1,6 @@
-"""Backbones (torchvision CNNs by name, ``tiny_cnn``) and the on-disk feature cache."""
+"""Backbones (torchvision CNNs by name, ``tiny_cnn``), the hash head, the on-disk feature cache
+(:mod:`~ahcl.models.feature_cache`) and feature extraction through it
+(:mod:`~ahcl.models.features`)."""
 
 from ahcl.models.backbones import (
     Backbone,
@@ -9,13 +11,8 @@ from ahcl.models.backbones import (
     register_backbone,
     weights_available,
 )
-from ahcl.models.features import (
-    FeatureCache,
-    UnreadableImagesError,
-    content_key,
-    default_cache_dir,
-    extract_features,
-)
+from ahcl.models.feature_cache import FeatureCache, default_cache_dir
+from ahcl.models.features import UnreadableImagesError, content_key, extract_features
 
 __all__ = [
     "Backbone",

@@ -19,7 +19,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
 
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 from torchvision.transforms._presets import ImageClassification
 
 from ahcl._progress import progress_enabled
-from ahcl.errors import AhclError
+from ahcl.errors import AhclError, UnknownNameError
 
 __all__ = [
     "Backbone",
@@ -57,12 +57,35 @@ TORCHVISION_BACKBONES = (
 _REGISTRY: dict[str, Callable[..., "Backbone"]] = {}
 
 
-class UnknownBackboneError(AhclError):
-    """The backbone name is neither registered nor a torchvision classification model."""
+class UnknownBackboneError(UnknownNameError):
+    """The backbone name is neither registered nor a torchvision classification model, or it has
+    no such weights (a ``KeyError``, like every unknown name).
+
+    The messages keep their own wording (they point at torchvision's other models and at
+    ``pretrained=False``), so this sets the fields itself instead of formatting
+    :class:`~ahcl.errors.UnknownNameError`'s message.
+
+    Attributes:
+        kind: what was looked up: ``"backbone"``, ``"weights"`` (of ``backbone``),
+            ``"backbone weights"`` (a model without torchvision weights) or ``"classifier layer"``.
+        name: the name given.
+        choices: the accepted names (empty where there are none).
+    """
+
+    def __init__(self, message: str, *, kind: str, name: Any, choices: Iterable[Any] = (),
+                 **fields: Any) -> None:
+        AhclError.__init__(self, message, kind=kind, name=name, choices=list(choices), **fields)
 
 
 class WeightsUnavailableError(AhclError):
-    """Pretrained weights are not in torch's hub cache and cannot be downloaded or read."""
+    """Pretrained weights are not in torch's hub cache and cannot be downloaded or read.
+
+    Attributes:
+        name: the backbone.
+        weights: the torchvision weights name (``"IMAGENET1K_V1"``).
+        path: where the weights file was looked for.
+        reason: the type of the underlying exception (``"URLError"``, ``"UnpicklingError"``).
+    """
 
 
 class Backbone(nn.Module):
@@ -155,9 +178,10 @@ def create_backbone(name: str, pretrained: bool = True, *, weights: str | None =
         return fn(pretrained=pretrained, weights=weights, seed=seed)
     if name in torchvision.models.list_models(module=torchvision.models):
         return _torchvision_backbone(name, pretrained=pretrained, weights=weights, seed=seed)
+    choices = list_backbones()
     raise UnknownBackboneError(
-        f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())} "
-        "or another torchvision classification model")
+        f"unknown backbone {name!r}; choose one of {', '.join(choices)} "
+        "or another torchvision classification model", kind="backbone", name=name, choices=choices)
 
 
 def weights_available(name: str, weights: str | None = None) -> bool:
@@ -179,7 +203,8 @@ def _weights_enum(name: str, weights: str | None) -> torchvision.models.WeightsE
         enum_cls = torchvision.models.get_model_weights(name)
     except (ValueError, KeyError):
         raise UnknownBackboneError(f"no torchvision weights for backbone {name!r}; "
-                                   "use pretrained=False") from None
+                                   "use pretrained=False", kind="backbone weights",
+                                   name=name) from None
     if weights is None:
         # IMAGENET1K_V1 (the original recipe, resize 256 / crop 224) where it exists: it is what the
         # paper-era baselines used and the one MobileNetV2 file available offline here.
@@ -187,9 +212,10 @@ def _weights_enum(name: str, weights: str | None) -> torchvision.models.WeightsE
     try:
         return enum_cls[weights]
     except KeyError:
-        known = ", ".join(w.name for w in enum_cls)
+        known = [w.name for w in enum_cls]
         raise UnknownBackboneError(f"backbone {name!r} has no weights {weights!r}; "
-                                   f"choose one of {known}") from None
+                                   f"choose one of {', '.join(known)}", kind="weights",
+                                   name=weights, choices=known, backbone=name) from None
 
 
 def _weights_file(enum: torchvision.models.WeightsEnum) -> Path:
@@ -231,7 +257,8 @@ def _strip_head(model: nn.Module) -> int:
         if head is not None:
             break
     if head is None:
-        raise UnknownBackboneError(f"cannot find the classifier layer of {type(model).__name__}")
+        raise UnknownBackboneError(f"cannot find the classifier layer of {type(model).__name__}",
+                                   kind="classifier layer", name=type(model).__name__)
     parent_name, _, attr = head_name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, nn.Identity())
@@ -241,6 +268,7 @@ def _strip_head(model: nn.Module) -> int:
 def _load_pretrained(name: str, enum: torchvision.models.WeightsEnum) -> nn.Module:
     path = _weights_file(enum)
     cached = path.is_file()
+    fields = {"name": name, "weights": enum.name, "path": str(path)}
     try:
         # torch.hub announces a download on stdout; keep stdout for results.
         redirect = contextlib.nullcontext() if cached else contextlib.redirect_stdout(sys.stderr)
@@ -250,10 +278,12 @@ def _load_pretrained(name: str, enum: torchvision.models.WeightsEnum) -> nn.Modu
         if cached:
             raise WeightsUnavailableError(
                 f"cannot load {name} weights from {path} ({type(exc).__name__}); delete the file "
-                "and copy a good one there, or use pretrained=False") from exc
+                "and copy a good one there, or use pretrained=False", reason=type(exc).__name__,
+                **fields) from exc
         raise WeightsUnavailableError(
             f"{name} weights {enum.name} are not in {path.parent} and cannot be downloaded "
-            f"({type(exc).__name__}); copy {path.name} there or use pretrained=False") from exc
+            f"({type(exc).__name__}); copy {path.name} there or use pretrained=False",
+            reason=type(exc).__name__, **fields) from exc
 
 
 def _torchvision_backbone(name: str, *, pretrained: bool, weights: str | None,

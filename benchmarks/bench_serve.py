@@ -32,8 +32,11 @@ from PIL import Image
 from ahcl.cli import main
 from ahcl.index import HammingIndex
 from ahcl.index.hamming import hamming_distances
-from ahcl.serve import Archive, ServerThread, ServeSettings, create_app
-from ahcl.serve.loadgen import multipart, run_load
+from ahcl.serve import Archive, ServeSettings, create_app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the harness lives in the repo
+from benchmarks.loadgen import multipart, run_load  # noqa: E402
+from tests.serve._server import ServerThread  # noqa: E402
 
 TOKEN = "bench-token"
 

@@ -14,7 +14,9 @@ from ahcl.cli import main
 from ahcl.errors import AhclError
 from ahcl.run import load_run
 from ahcl.serve import Archive, ServeSettings, create_app
-from ahcl.serve.app import is_loopback
+from ahcl.serve.settings import is_loopback
+from ahcl.serve.store import UnknownItemError
+from ahcl.serve.uploads import UploadError
 from tests.serve.conftest import TOKEN, noise_png, reference_hits, snapshot
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -152,6 +154,25 @@ def test_search_form_errors(api) -> None:
                        headers={"Content-Type": "text/plain"}).status_code == 415
 
 
+def test_upload_search_endpoint_matches_the_old_path(api) -> None:
+    client, _ = api
+    img = noise_png(7)
+    new = client.post("/api/search/image", files={"image": ("q.png", img)}, data={"k": "5"})
+    old = client.post("/api/search", files={"image": ("q.png", img)}, data={"k": "5"})
+    assert new.status_code == old.status_code == 200 and new.json() == old.json()
+    assert len(new.json()["hits"]) == 5
+    assert client.post("/api/search/image", json={"id": 1}).status_code == 415
+    two = [("image", ("a.png", img)), ("image", ("b.png", img))]
+    assert client.post("/api/search/image", files=two).status_code == 422
+
+
+def test_errors_carry_fields() -> None:
+    err = UnknownItemError(5)
+    assert isinstance(err, KeyError) and err.item_id == 5
+    assert str(err) == "no archive item has id 5"
+    assert UploadError("x", status=415).status == 415
+
+
 def test_add_labelled_and_unlabelled_then_delete(api, run_dir: Path) -> None:
     client, archive = api
     run = archive.run
@@ -250,11 +271,14 @@ def test_page_docs_and_schema(api) -> None:
         assert client.get(path).status_code == 200
     assert "openapi.json" in client.get("/docs").text
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/api/search", "/api/items", "/api/items/{item_id}",
-                                    "/api/items/{item_id}/image", "/api/classes", "/api/health",
-                                    "/api/info"}
+    assert set(schema["paths"]) == {"/api/search", "/api/search/image", "/api/items",
+                                    "/api/items/{item_id}", "/api/items/{item_id}/image",
+                                    "/api/classes", "/api/health", "/api/info"}
+    # One body type per endpoint, as FastAPI generates them (/api/search still takes uploads).
     assert set(schema["paths"]["/api/search"]["post"]["requestBody"]["content"]) == {
-        "multipart/form-data", "application/json"}
+        "application/json"}
+    assert set(schema["paths"]["/api/search/image"]["post"]["requestBody"]["content"]) == {
+        "multipart/form-data"}
     assert client.get("/static/../serve/app.py").status_code == 404
 
 

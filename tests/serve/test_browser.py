@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ahcl.serve import Archive, ServerThread, ServeSettings, create_app
+from ahcl.serve import Archive, ServeSettings, create_app
+from tests.serve._server import ServerThread
 from tests.serve.conftest import TOKEN, noise_png
+
+pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags chromium's own connections get refused in sandboxes.

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from starlette.testclient import TestClient
 
 from ahcl.run import load_run
-from ahcl.serve import Archive, ServerThread, ServeSettings, create_app
-from ahcl.serve.loadgen import run_load
+from ahcl.serve import Archive, ServeSettings, create_app
+from benchmarks.loadgen import run_load
+from tests.serve._server import ServerThread
 from tests.serve.conftest import TOKEN, noise_png
+
+pytestmark = pytest.mark.slow
 
 
 def test_concurrent_searches_and_additions_lose_nothing(run_dir: Path) -> None:

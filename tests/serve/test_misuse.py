@@ -160,3 +160,20 @@ def test_malformed_json_is_422(guarded, body: bytes) -> None:
     client, _, _ = guarded
     r = client.post("/api/search", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422
+
+
+def test_non_utf8_json_is_422(guarded) -> None:
+    client, _, _ = guarded
+    r = client.post("/api/search", content=b"\xff{", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/api/search", "/api/items"])
+def test_too_many_form_parts_are_400(guarded, path: str) -> None:
+    client, _, _ = guarded
+    img = noise_png(1, size=8)
+    files = [("image", (f"{i}.png", img)) for i in range(65)]
+    assert client.post(path, headers=AUTH, files=files).status_code == 400
+    fields = {f"f{i}": "1" for i in range(17)}
+    r = client.post(path, headers=AUTH, data=fields, files={"image": ("a.png", img)})
+    assert r.status_code == 400

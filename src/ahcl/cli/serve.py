@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ahcl.errors import AhclError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve query-by-image search over HTTP (API and web page)",
@@ -25,9 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ahcl.errors import AhclError
-    from ahcl.serve.app import ServeSettings, create_app, is_loopback
-    from ahcl.serve.store import Archive
+    # The service stack (FastAPI, uvicorn) is imported only by the verb that needs it.
+    import uvicorn
+
+    from ahcl.serve import Archive, ServeSettings, create_app
+    from ahcl.serve.settings import is_loopback
 
     token = args.token or os.environ.get("AHCL_TOKEN") or None
     if args.allow_writes and not token and not is_loopback(args.host):
@@ -39,8 +43,6 @@ def run(args: argparse.Namespace) -> int:
                              max_upload_bytes=int(args.max_upload_mb * 2**20),
                              max_pixels=args.max_pixels)
     archive = Archive.open(args.source, run=args.run)
-    import uvicorn
-
     uvicorn.run(create_app(archive, settings), host=args.host, port=args.port,
                 log_level="info" if args.verbose else "warning")
     return 0

@@ -1,5 +1,6 @@
 """The archive a server searches: a :class:`~ahcl.index.HammingIndex`, the run that encodes
-queries, and a folder of uploaded images, changed only under one lock and persisted atomically.
+queries, and a folder of uploaded images (checked by :mod:`ahcl.serve.uploads`), changed only
+under one lock and persisted atomically.
 
 Layout on disk::
 
@@ -16,11 +17,9 @@ index's int64 ids and are never reused, so a thumbnail cached by id never goes s
 
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,93 +29,26 @@ from PIL import Image
 from ahcl._io import atomic_write_bytes
 from ahcl.data.images import ImageReadError, load_rgb
 from ahcl.errors import AhclError
-from ahcl.index import HammingIndex, search_results
+from ahcl.index import HammingIndex, Hit, search_results
 from ahcl.index import format as index_format
+from ahcl.index.hits import hits_from_rows
 from ahcl.run import Run, load_run
+from ahcl.serve.uploads import Upload
 
 #: Name of the index file written inside a run folder on the first change.
 ARCHIVE_INDEX = "archive.index"
-_FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp",
-                  "GIF": ".gif"}
-
-
-class UploadError(AhclError):
-    """An uploaded file is rejected; ``status`` is the HTTP status that says why."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class UnknownItemError(AhclError, KeyError):
-    """No archive item has this id."""
-
-
-@dataclass
-class Upload:
-    """A validated, decoded upload.
+    """No archive item has this id, or its image is not available.
 
     Attributes:
-        data: the file's bytes as sent.
-        image: the decoded RGB image.
-        suffix: file name ending for its format (``.jpg``, ``.png``, ...).
-        sha256: hex digest of ``data``.
+        item_id: the id asked for: an int, or the text from a URL that is not one.
     """
 
-    data: bytes
-    image: Image.Image
-    suffix: str
-    sha256: str
-
-
-def decode_upload(data: bytes, max_pixels: int) -> Upload:
-    """Check and decode uploaded bytes without trusting their size or format.
-
-    The pixel count is read from the header (Pillow, or tifffile for TIFFs Pillow cannot open)
-    and compared with ``max_pixels`` before anything is decoded, so a decompression bomb is
-    refused without allocating its pixels; nothing global (``Image.MAX_IMAGE_PIXELS``) changes.
-
-    Raises:
-        UploadError: 415 not an image; 400 over ``max_pixels``, a bomb, truncated or corrupt.
-    """
-    if not data:
-        raise UploadError("the upload is empty: send an image file", 415)
-    width, height, fmt = _probe(data)
-    if width * height > max_pixels:
-        raise UploadError(f"image is {width}x{height} = {width * height} pixels, over the limit "
-                          f"of {max_pixels}: downscale it first", 400)
-    suffix = _FORMAT_SUFFIX.get(fmt, ".img")
-    try:
-        image = load_rgb(f"upload{suffix}", data=data)
-    except Image.DecompressionBombError as exc:
-        raise UploadError(f"image refused: {exc}", 400) from None
-    except ImageReadError as exc:
-        raise UploadError(str(exc).replace("cannot read image upload", "cannot read the image")
-                          + " (truncated or corrupt?)", 400) from None
-    if image.width * image.height > max_pixels:  # e.g. a TIFF series larger than its first page
-        raise UploadError(f"image has {image.width * image.height} pixels, over the limit of "
-                          f"{max_pixels}", 400)
-    return Upload(data, image, suffix, hashlib.sha256(data).hexdigest())
-
-
-def _probe(data: bytes) -> tuple[int, int, str]:
-    """``(width, height, format)`` from the header only; raises UploadError(415) if no image."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return int(img.width), int(img.height), str(img.format)
-    except Image.DecompressionBombError as exc:
-        raise UploadError(f"image refused: {exc}", 400) from None
-    except Exception:  # noqa: BLE001 - any failure to identify: try tifffile, then refuse
-        pass
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            page = tif.pages.first
-            return int(page.imagewidth), int(page.imagelength), "TIFF"
-    except Exception:  # noqa: BLE001
-        raise UploadError("the upload is not an image (or a format this server cannot read): "
-                          "send JPEG, PNG, TIFF, BMP or WebP", 415) from None
+    def __init__(self, item_id: int | str, message: str | None = None) -> None:
+        shown = repr(item_id) if isinstance(item_id, str) else str(item_id)  # np.int64 too
+        super().__init__(message or f"no archive item has id {shown}", item_id=item_id)
 
 
 class Archive:
@@ -203,7 +135,7 @@ class Archive:
             label = int(self.index.labels_of([item_id])[0])
             meta = self.index.meta_of([item_id])[0] or {}
         except (ValueError, OverflowError):
-            raise UnknownItemError(f"no archive item has id {item_id}") from None
+            raise UnknownItemError(item_id) from None
         return label, meta
 
     def _record(self, item_id: int, label: int, meta: dict | None) -> dict[str, Any]:
@@ -243,7 +175,7 @@ class Archive:
             try:
                 return self.index.codes_of([item_id])
             except (ValueError, OverflowError):
-                raise UnknownItemError(f"no archive item has id {item_id}") from None
+                raise UnknownItemError(item_id) from None
 
     # ------------------------------------------------------------------ search
     def encode(self, images: list[Image.Image]) -> np.ndarray:
@@ -252,27 +184,28 @@ class Archive:
             return self.run.encode_images(images)
 
     def search(self, code: np.ndarray, k: int, radius: int | None = None,
-               exclude: int | None = None) -> list[dict[str, Any]]:
+               exclude: int | None = None) -> list[Hit]:
         """Hits for one packed query code ``uint8 (1, n_bits/8)``, in (distance, id) order.
 
         Args:
             k: at most this many hits.
             radius: only hits within this Hamming distance (inclusive).
             exclude: an id to leave out (the query item itself).
+
+        Returns:
+            up to ``k`` hits with their classes named (the service shows
+            ``hit.to_dict(public=True)``: no server paths).
         """
         want = k + (exclude is not None)
         with self._lock:
             if radius is None:
-                rows = search_results(self.index, code, want)[0]
+                hits = search_results(self.index, code, want, classes=self.classes)[0]
             else:
-                lims, dist, ids = self.index.range_search(code, radius)
+                _, dist, ids = self.index.range_search(code, radius)
                 ids, dist = ids[:want], dist[:want]
                 labels = self.index.labels_of(ids) if ids.shape[0] else ids
-                rows = [{"id": int(i), "distance": int(d), "label": int(lab)}
-                        for i, d, lab in zip(ids, dist, labels)]
-        hits = [h for h in rows if h["id"] != exclude][:k]
-        return [{"id": h["id"], "distance": h["distance"], "label": h["label"],
-                 "class": self.class_name(h["label"])} for h in hits]
+                hits = hits_from_rows(ids, dist, labels, classes=self.classes)
+        return [h for h in hits if h.id != exclude][:k]
 
     # ------------------------------------------------------------------ writing
     def add(self, uploads: list[Upload], label: int | None = None) -> list[dict[str, Any]]:
@@ -379,7 +312,8 @@ class Archive:
                 raise ImageReadError("no image")
             image = load_rgb(path)
         except (ImageReadError, Image.DecompressionBombError):
-            raise UnknownItemError(f"the image of item {item_id} is not available") from None
+            raise UnknownItemError(item_id, f"the image of item {item_id} is not available"
+                                   ) from None
         image.thumbnail((self.thumb_size, self.thumb_size), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
         image.save(buf, "JPEG", quality=85)

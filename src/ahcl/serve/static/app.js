@@ -77,7 +77,7 @@ async function searchFile(file) {
   form.append("image", file);
   form.append("k", String(k()));
   try {
-    const result = await api("/api/search", { method: "POST", body: form });
+    const result = await api("/api/search/image", { method: "POST", body: form });
     showQuery(URL.createObjectURL(file), `uploaded: ${file.name}`, result.query.code);
     showHits(result);
   } catch (err) { status(`search failed: ${err.message}`); }

@@ -8,6 +8,12 @@ function el(tag, text, className) {
   return node;
 }
 
+// A request body's schema, with a reference to a generated component replaced by the component.
+function resolve(spec, schema) {
+  const ref = schema && schema.$ref;
+  return ref ? (spec.components?.schemas || {})[ref.split("/").pop()] || schema : schema;
+}
+
 fetch("/openapi.json").then((r) => r.json()).then((spec) => {
   const root = document.getElementById("ops");
   root.replaceChildren(el("p", spec.info.description || "", "muted"));
@@ -21,7 +27,7 @@ fetch("/openapi.json").then((r) => r.json()).then((spec) => {
       for (const p of op.parameters || []) box.append(el("div", `${p.in} parameter ${p.name}${p.required ? " (required)" : ""}`));
       if (op.requestBody) {
         for (const [type, media] of Object.entries(op.requestBody.content)) {
-          box.append(el("div", `body: ${type}`), el("pre", JSON.stringify(media.schema, null, 2)));
+          box.append(el("div", `body: ${type}`), el("pre", JSON.stringify(resolve(spec, media.schema), null, 2)));
         }
       }
       root.append(box);

@@ -1,6 +1,7 @@
 """A bounded load generator for the service: concurrent clients mixing searches and additions.
 
-Used by the load test and ``benchmarks/bench_serve.py``. Each client is a thread with one
+Used by ``tests/serve/test_load.py`` and ``benchmarks/bench_serve.py`` (import it as
+``benchmarks.loadgen`` with the repository root on ``sys.path``). Each client is a thread with one
 keep-alive HTTP connection (standard library only) that runs until the deadline; every request
 is timed and every failure recorded, so a caller can check "no errors, no lost additions".
 """

@@ -1,0 +1,77 @@
+"""FastAPI dependencies: the served archive and settings (kept on ``app.state``), write access,
+item ids from URLs, and the form check of upload endpoints."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Annotated, Any, Callable, Coroutine
+
+from fastapi import Depends, HTTPException, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ahcl.serve.settings import ServeSettings
+from ahcl.serve.store import Archive, UnknownItemError
+from ahcl.serve.uploads import UploadError
+
+_ID = re.compile(r"-?[0-9]{1,18}")
+_bearer = HTTPBearer(auto_error=False, description="the server's --token (AHCL_TOKEN)")
+
+
+async def get_archive(request: Request) -> Archive:
+    """The archive this app serves (``app.state.archive``)."""
+    return request.app.state.archive
+
+
+async def get_settings(request: Request) -> ServeSettings:
+    """The settings this app runs under (``app.state.settings``)."""
+    return request.app.state.settings
+
+
+ArchiveDep = Annotated[Archive, Depends(get_archive)]
+SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
+
+
+async def require_write(settings: SettingsDep, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Allow a write: the bearer token when one is set, else only an open loopback server.
+
+    Raises:
+        HTTPException: 401 a missing or wrong token; 403 writes disabled.
+    """
+    if settings.token:
+        given = credentials.credentials.strip() if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), settings.token.encode()):
+            raise HTTPException(401, "write access needs 'Authorization: Bearer TOKEN'",
+                                headers={"WWW-Authenticate": "Bearer"})
+    elif settings.writes == "disabled":
+        raise HTTPException(403, "writes are disabled: start the server with --token (or "
+                                 "AHCL_TOKEN), or on 127.0.0.1 with --allow-writes")
+
+
+async def item_id(item_id: Annotated[str, Path(description="archive item id")]) -> int:
+    """The item id from the URL: decimal digits only, anything else is 'not found' (404).
+
+    Raises:
+        UnknownItemError: not an id.
+    """
+    if not _ID.fullmatch(item_id):
+        raise UnknownItemError(item_id)
+    return int(item_id)
+
+
+ItemId = Annotated[int, Depends(item_id)]
+
+
+def upload_form(max_images: int) -> Callable[[Request], Coroutine[Any, Any, None]]:
+    """A dependency that checks an upload endpoint's form: ``multipart/form-data`` (else 415)
+    with at most ``max_images`` files in the field ``image`` (else 422)."""
+
+    async def check_upload_form(request: Request) -> None:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise UploadError("send multipart/form-data with the image in the field 'image'",
+                              status=415)
+        if len((await request.form()).getlist("image")) > max_images:  # parsed once, cached
+            raise UploadError(f"at most {max_images} images per request", status=422)
+
+    return check_upload_form

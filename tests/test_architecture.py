@@ -4,7 +4,7 @@ Every ``import`` statement counts: module level, inside functions and under ``TY
 Layers, lowest first; a module may import its own layer and those below, never one above::
 
     foundation   ahcl._io, ahcl._progress, ahcl._version, ahcl.errors
-    components   ahcl.data, ahcl.models, ahcl.index, ahcl.eval, ahcl.distributed
+    components   ahcl.data, ahcl.models, ahcl.index, ahcl.eval, ahcl.distributed, ahcl.device
     methods      ahcl.methods
     run          ahcl.run, ahcl.encoder, ahcl.training, ahcl.config, ahcl.sharded, ahcl.bench,
                  ahcl.demo
@@ -30,7 +30,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("ahcl._io", "ahcl._progress", "ahcl._version", "ahcl.errors")),
-    ("components", ("ahcl.data", "ahcl.models", "ahcl.index", "ahcl.eval", "ahcl.distributed")),
+    ("components", ("ahcl.data", "ahcl.models", "ahcl.index", "ahcl.eval", "ahcl.distributed",
+                    "ahcl.device")),
     ("methods", ("ahcl.methods",)),
     ("run", ("ahcl.run", "ahcl.encoder", "ahcl.training", "ahcl.config", "ahcl.sharded",
              "ahcl.bench", "ahcl.demo")),

@@ -3,7 +3,7 @@
 Every ``import`` statement counts: module level, inside functions and under ``TYPE_CHECKING``.
 Layers, lowest first; a module may import its own layer and those below, never one above::
 
-    foundation   ahcl._io, ahcl._progress, ahcl._version, ahcl.errors
+    foundation   ahcl._io, ahcl._progress, ahcl._version, ahcl.errors, ahcl._checks
     components   ahcl.data, ahcl.models, ahcl.index, ahcl.eval, ahcl.distributed, ahcl.device
     methods      ahcl.methods
     run          ahcl.run, ahcl.encoder, ahcl.training, ahcl.config, ahcl.sharded, ahcl.bench,
@@ -29,7 +29,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("ahcl._io", "ahcl._progress", "ahcl._version", "ahcl.errors")),
+    ("foundation", ("ahcl._io", "ahcl._progress", "ahcl._version", "ahcl.errors", "ahcl._checks")),
     ("components", ("ahcl.data", "ahcl.models", "ahcl.index", "ahcl.eval", "ahcl.distributed",
                     "ahcl.device")),
     ("methods", ("ahcl.methods",)),

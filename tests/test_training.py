@@ -318,3 +318,28 @@ def test_bad_data_or_backbone_leaves_no_run_folder(synthetic_scenes, tmp_path):
                  "--backbone", "no_such_net"]) == 1
     assert not out.exists()
     assert _train(synthetic_scenes, out) == 0  # the retry needs no --resume
+
+
+def test_finetune_augmented_resume_with_other_workers(synthetic_scenes, tmp_path, monkeypatch):
+    """Augmented finetuning is seeded per item: a run crashed with 2 decoding workers and resumed
+    with none ends byte-identical to an uninterrupted run (workers are a runtime setting)."""
+    from ahcl.methods import ahcl as method_module
+
+    args = ["--mode", "finetune", "--set", "outer_iters=3", "--set", "epochs=1",
+            "--augment", "scene"]
+    reference = tmp_path / "ref"
+    assert _train(synthetic_scenes, reference, *args, "--workers", "0") == 0
+    original = method_module.AHCL._save_checkpoint
+
+    def crash_after_one(self, *a, **k):
+        original(self, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(method_module.AHCL, "_save_checkpoint", crash_after_one)
+    crashed = tmp_path / "crashed"
+    assert _train(synthetic_scenes, crashed, *args, "--workers", "2") == 130
+    monkeypatch.setattr(method_module.AHCL, "_save_checkpoint", original)
+    assert _train(synthetic_scenes, crashed, *args, "--workers", "0", "--resume") == 0
+    assert (crashed / "db_codes.npy").read_bytes() == (reference / "db_codes.npy").read_bytes()
+    config = json.loads((crashed / "config.json").read_text())
+    assert config["augment"] == "scene" and config["mode"] == "finetune"

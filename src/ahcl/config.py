@@ -8,16 +8,25 @@ hyper-parameters (:class:`ahcl.methods.ahcl.AHCLParams`) side by side, so ``--se
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from ahcl.errors import AhclError, UnknownNameError
+from ahcl._checks import check_bool, check_float, check_int
+from ahcl.data.transforms import AUGMENTATIONS
+from ahcl.device import Placement, default_workers, placement
+from ahcl.errors import AhclError, InvalidValueError, UnknownNameError
 from ahcl.methods.registry import DEFAULT_METHOD, get_trainable
 
 MODES = ("frozen", "finetune")
+#: Settings that say where and how fast a run computes, not what it computes: a run may be
+#: resumed with other values of these.
+RUNTIME_KEYS = frozenset({"device", "num_workers", "compile", "feature_cache",
+                          "batch_size_features"})
 
 
 def params_class(method: str) -> type:
@@ -46,7 +55,12 @@ class TrainConfig:
         strict: fail on unreadable or duplicate images instead of skipping them.
         feature_cache: feature cache folder (default ``$AHCL_CACHE`` or ``~/.cache/ahcl/features``).
         batch_size_features: images per batch when extracting frozen features.
-        num_workers: image-loading worker processes.
+        num_workers: image-loading worker processes (``None``: ``min(cores, 8)``).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (:mod:`ahcl.device`).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``: autocast of the network.
+        compile: ``torch.compile`` the frozen backbone's inference form.
+        augment: finetune mode's training augmentation, ``scene`` (random resized crop, flips,
+            rotations by 90°) or ``none`` (:mod:`ahcl.data.transforms`).
         params: the method's hyper-parameters (``n_bits``, ``lam``, ``gamma``, ``seed``, ...):
             the method's own ``Params`` dataclass.
     """
@@ -63,7 +77,11 @@ class TrainConfig:
     strict: bool = False
     feature_cache: str | None = None
     batch_size_features: int = 32
-    num_workers: int = 0
+    num_workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    augment: str = "scene"
     params: Any = field(default_factory=lambda: params_class(DEFAULT_METHOD)())
 
     def validate(self) -> "TrainConfig":
@@ -72,10 +90,32 @@ class TrainConfig:
             raise AhclError("give exactly one of --data DIR or --dataset NAME")
         if self.mode not in MODES:
             raise AhclError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not 0 <= self.query_fraction < 1:
-            raise AhclError(f"query_fraction must be in [0, 1), got {self.query_fraction}")
+        check_int("num_workers", self.num_workers, 0, optional=True)
+        check_int("query_per_class", self.query_per_class, 1, optional=True)
+        check_int("batch_size_features", self.batch_size_features, 1)
+        check_float("query_fraction", self.query_fraction, lo=0, hi=1, hi_open=True)
+        for name in ("pretrained", "strict", "compile"):
+            check_bool(name, getattr(self, name))
+        for name in ("data", "dataset", "split", "feature_cache", "device", "precision"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                setattr(self, name, value)
+            if value is not None and not isinstance(value, str):
+                raise InvalidValueError(name, value, "a string")
+        if self.augment not in AUGMENTATIONS:
+            raise UnknownNameError("augmentation", self.augment, AUGMENTATIONS)
         params_class(self.method)
+        self.placement()
         return self
+
+    def placement(self) -> Placement:
+        """The resolved device and precision (raises :class:`~ahcl.device.DeviceError`)."""
+        return placement(self.device, self.precision)
+
+    def workers(self) -> int:
+        """Worker processes to use: ``num_workers``, or ``min(cores, 8)``."""
+        return default_workers() if self.num_workers is None else self.num_workers
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, JSON-safe dict (``params`` merged in)."""
@@ -119,7 +159,13 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise AhclError(f"config file {path} not found") from None
+        raise AhclError(f"config file {path} not found", path=path) from None
+    except IsADirectoryError:
+        raise AhclError(f"config file {path} is a folder: pass a YAML file", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise AhclError(f"config file {path} cannot be read ({reason}): pass a YAML file",
+                        path=path) from None
     except yaml.YAMLError as exc:
         raise AhclError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(values, dict):
@@ -134,5 +180,16 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise AhclError(f"--set takes key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            reason = str(exc).splitlines()[0]
+            raise AhclError(f"--set {key.strip()}: cannot read the value {raw!r} as YAML "
+                            f"({reason})", name=key.strip(), value=raw) from None
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 as a string; people mean the number
+        out[key.strip()] = value
     return out
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

@@ -20,6 +20,7 @@ from ahcl.config import config_from_dict
 from ahcl.data.images import load_rgb
 from ahcl.data.registry import dataset_root
 from ahcl.data.synthetic import write_synthetic_dataset
+from ahcl.device import placement
 from ahcl.errors import AhclError
 from ahcl.eval.metrics import RetrievalReport, evaluate
 from ahcl.eval.plots import plot_map_vs_bits, plot_pr_curve, plot_precision_at_k
@@ -85,11 +86,14 @@ def choose_backbone(say: Callable[[str], None]) -> tuple[dict[str, Any], str]:
 
 def run_demo(out: str | Path, bits: Sequence[int] = (16, 32, 64), data: str | None = None,
              dataset: str | None = None, seed: int = 0,
-             say: Callable[[str], None] = log.info) -> DemoResult:
-    """Train, evaluate and report AHCL at each code length in ``bits``.
+             say: Callable[[str], None] = log.info, device: str = "auto",
+             precision: str = "auto") -> DemoResult:
+    """Train, evaluate and report AHCL at each code length in ``bits`` (on ``device``, with the
+    network in ``precision``; see :mod:`ahcl.device`).
 
     Finished runs under ``out`` are reused, so an interrupted demo continues where it stopped.
     """
+    placement(device, precision)  # an unavailable device fails before anything is written
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     root, data_note = choose_data(out, data, dataset, say)
@@ -99,13 +103,13 @@ def run_demo(out: str | Path, bits: Sequence[int] = (16, 32, 64), data: str | No
     for n_bits in bits:
         run_dir = out / f"run-{n_bits}bits"
         config = config_from_dict({"data": str(root), "n_bits": n_bits, "seed": seed,
-                                   **overrides})
+                                   "device": device, "precision": precision, **overrides})
         say(f"training AHCL, {n_bits} bits -> {run_dir}")
         tic = time.perf_counter()
         run = train_run(config, run_dir, resume=run_dir.exists())
         train_s = _train_seconds(run_dir, time.perf_counter() - tic)
         paths, labels = run.queries()
-        run = load_run(run_dir)
+        run = load_run(run_dir, device=device, precision=precision)
         tic = time.perf_counter()
         # Timed from the image files through the backbone, bypassing the feature cache.
         codes = run.encode_images([load_rgb(p) for p in paths])

@@ -61,10 +61,11 @@ def init_from_env(device: str = "cpu", timeout_s: float = 1800.0) -> bool:
         raise AhclError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with "
                         "torchrun (or set all of RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)")
     backend = "gloo"
+    if torch.cuda.is_available():  # each rank on its own GPU, whatever the backend
+        torch.cuda.set_device(local_rank() % torch.cuda.device_count())
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise AhclError("device 'cuda' asked for but no GPU is visible; use device 'cpu'")
-        torch.cuda.set_device(local_rank())
         backend = "nccl"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return dist.get_world_size() > 1

@@ -1,19 +1,28 @@
-"""Query encoding of a trained run: images → backbone → hash head → ``sign(u)``."""
+"""Query encoding of a trained run: images → backbone → hash head → ``sign(u)``.
+
+The backbone runs in its inference form (:func:`~ahcl.models.inference.inference_model`: BN
+folded, channels_last, on the placement, under its autocast): the run's frozen backbone with the
+feature cache in frozen mode, the run's finetuned one without it in finetune mode. The hash head
+follows on the same device; ``u`` comes back as float32 and its signs are taken from that
+float32 copy whatever the precision (``sign(0) = +1``).
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ahcl.device import Placement
 from ahcl.errors import RunError
 from ahcl.index.packing import pack_codes
-from ahcl.methods.feeders import FeatureFeeder, ImageFeeder
 from ahcl.models.backbones import Backbone, create_backbone
-from ahcl.models.features import extract_features
+from ahcl.models.features import extract_features, image_features
 from ahcl.models.heads import HashNet
+from ahcl.models.inference import CPU, InferenceBackbone, inference_model
 
 
 def build_backbone(config: dict[str, Any]) -> Backbone:
@@ -23,25 +32,41 @@ def build_backbone(config: dict[str, Any]) -> Backbone:
 
 
 class Encoder:
-    """Turns image paths into codes with a trained network.
+    """Turns image paths (or in-memory images) into codes with a trained network.
 
     Args:
-        net: the trained :class:`HashNet` (with its backbone in finetune mode).
+        net: the trained :class:`HashNet` (with its backbone in finetune mode). It is put in eval
+            mode and otherwise left as it is: the encoder runs copies.
         backbone: the frozen backbone (frozen mode) or ``None``.
         feature_cache: feature cache folder for frozen mode.
-        batch_size: images per forward pass.
+        batch_size: images per DataLoader batch (and per head pass).
+        placement: device and precision; default the CPU in float32.
+        num_workers: image-decoding worker processes (``None``: ``default_workers()``).
+        compile: ``torch.compile`` the backbone's inference form.
+
+    Raises:
+        CompileUnavailableError: ``compile`` where torch.compile cannot work.
     """
 
     def __init__(self, net: HashNet, backbone: Any | None, feature_cache: str | None = None,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, *, placement: Placement | None = None,
+                 num_workers: int | None = None, compile: bool = False) -> None:
         self.net = net.eval()
         self.backbone = backbone
         self.feature_cache = feature_cache
         self.batch_size = batch_size
+        self.placement = CPU if placement is None else placement
+        self.num_workers = num_workers
+        source = backbone if backbone is not None else net.backbone
+        self._features: InferenceBackbone = inference_model(source, self.placement,
+                                                            compile=compile)
+        self._head = _head_copy(net).to(self.placement.device)
 
     @classmethod
     def from_state(cls, blob: dict[str, Any], config: dict[str, Any], n_bits: int,
-                   n_classes: int, source: str | Path = "model.pt") -> "Encoder":
+                   n_classes: int, source: str | Path = "model.pt", *,
+                   placement: Placement | None = None, num_workers: int | None = None,
+                   compile: bool = False) -> "Encoder":
         """Rebuild a run's network from its saved state (``model.pt``, already loaded safely).
 
         Args:
@@ -50,6 +75,9 @@ class Encoder:
             n_bits: code length.
             n_classes: K.
             source: where ``blob`` came from (for error messages).
+            placement: device and precision of encoding; default the CPU in float32.
+            num_workers: image-decoding worker processes (``None``: ``default_workers()``).
+            compile: ``torch.compile`` the backbone's inference form.
         """
         finetune = config["mode"] == "finetune"
         # Finetuned weights live in blob["net"]; a random frozen backbone in blob["backbone"].
@@ -65,42 +93,69 @@ class Encoder:
             raise RunError(f"{source} does not match the run's config: "
                            f"{str(exc).splitlines()[0]}", path=source) from None
         return cls(net, None if finetune else backbone.eval(), config.get("feature_cache"),
-                   int(config.get("batch_size_features", 32)))
+                   int(config.get("batch_size_features", 32)), placement=placement,
+                   num_workers=num_workers, compile=compile)
 
-    @torch.inference_mode()
+    @property
+    def n_bits(self) -> int:
+        return self.net.classifier.in_features
+
     def encode_u(self, paths: Sequence[str | Path]) -> np.ndarray:
-        """Network outputs ``u``: float32 (len(paths), n_bits)."""
+        """Network outputs ``u``: float32 (len(paths), n_bits).
+
+        Raises:
+            ImageReadError: a file cannot be read (finetune mode: the first one).
+            UnreadableImagesError: frozen mode, some images cannot be decoded (the others are
+                cached first).
+        """
         paths = [str(p) for p in paths]
-        rows = np.arange(len(paths))
-        batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         if self.backbone is not None:
-            feats = extract_features(paths, self.backbone, cache_dir=self.feature_cache,
-                                     batch_size=self.batch_size)
-            feeder: FeatureFeeder | ImageFeeder = FeatureFeeder(feats)
-        else:
-            feeder = ImageFeeder(paths, self.net.backbone.transform)
-        out = [self.net(x)[0].numpy() for x in feeder.batches(batches)]
-        n_bits = self.net.classifier.in_features
-        return np.concatenate(out) if out else np.zeros((0, n_bits), np.float32)
+            feats = extract_features(paths, self._features, cache_dir=self.feature_cache,
+                                     batch_size=self.batch_size, num_workers=self.num_workers)
+        else:  # finetuned weights are not what the backbone's weights_id says: no cache
+            feats = image_features(paths, self._features, batch_size=self.batch_size,
+                                   num_workers=self.num_workers)
+        return self.u_of_features(feats)
 
     def encode(self, paths: Sequence[str | Path]) -> np.ndarray:
         """Codes ``sign(u)`` (sign(0) = +1), packed uint8 (len(paths), n_bits/8)."""
         return pack_codes(self.encode_u(paths))
 
-    @torch.inference_mode()
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        """Codes of in-memory RGB PIL images (uploads; the feature cache is not used).
+        """Codes of in-memory PIL images (uploads; the feature cache is not used).
 
         Returns:
             packed uint8 (len(images), n_bits/8).
         """
-        backbone = self.backbone if self.backbone is not None else self.net.backbone
+        transform = self._features.transform
         out = []
+        # Uploads are few and already decoded: transforms in this process, no workers to start.
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([backbone.transform(img.convert("RGB"))
+            batch = torch.stack([transform(img.convert("RGB"))
                                  for img in images[start:start + self.batch_size]])
-            feats = backbone.forward_features(batch) if self.backbone is not None else batch
-            out.append(self.net.forward_head(feats)[0].numpy() if self.backbone is not None
-                       else self.net(batch)[0].numpy())
-        n_bits = self.net.classifier.in_features
-        return pack_codes(np.concatenate(out) if out else np.zeros((0, n_bits), np.float32))
+            out.append(self._features.features(batch))
+        feats = np.concatenate(out) if out else np.zeros((0, self._features.feature_dim),
+                                                         np.float32)
+        return pack_codes(self.u_of_features(feats))
+
+    def u_of_features(self, features: np.ndarray) -> np.ndarray:
+        """The head on backbone features: float (n, d) → ``u`` float32 (n, n_bits), run on the
+        placement under its autocast, in batches of ``batch_size``."""
+        out = []
+        with torch.inference_mode(), self.placement.autocast():
+            for start in range(0, len(features), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(features[start:start + self.batch_size],
+                                                          dtype=np.float32))
+                u, _ = self._head.forward_head(self.placement.to_device(x))
+                out.append(u.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.n_bits), np.float32)
+
+
+def _head_copy(net: HashNet) -> HashNet:
+    """An eval-mode copy of ``net`` without its backbone (the head layers only).
+
+    The memo maps the backbone to ``None``, so deepcopy neither copies it nor touches it: the
+    inference form is what runs the backbone, and the original stays where training put it.
+    """
+    memo: dict[int, Any] = {} if net.backbone is None else {id(net.backbone): None}
+    return copy.deepcopy(net, memo).eval().requires_grad_(False)

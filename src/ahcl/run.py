@@ -26,8 +26,11 @@ import torch
 
 from ahcl._io import atomic_write, atomic_write_json, atomic_write_text, file_digest
 from ahcl._version import __version__
+from ahcl.config import RUNTIME_KEYS
 from ahcl.data.folder import read_image_folder
 from ahcl.data.splits import Split, save_split
+from ahcl.device import Placement
+from ahcl.device import placement as device_placement
 from ahcl.encoder import Encoder
 from ahcl.errors import RunError
 from ahcl.eval.metrics import RetrievalReport, evaluate
@@ -78,6 +81,9 @@ class Run:
     db_paths: list[str]
     data_root: Path
     info: dict[str, Any] = field(default_factory=dict)
+    placement: Placement = field(default_factory=lambda: device_placement("cpu", "fp32"))
+    num_workers: int | None = None
+    compile: bool = False
     _encoder: Any = field(default=None, repr=False)
     _index: Any = field(default=None, repr=False)
 
@@ -90,7 +96,10 @@ class Run:
         if self._encoder is None:
             model = self.path / "model.pt"
             self._encoder = Encoder.from_state(read_model(model), self.config, self.n_bits,
-                                               len(self.classes), source=model)
+                                               len(self.classes), source=model,
+                                               placement=self.placement,
+                                               num_workers=self.num_workers,
+                                               compile=self.compile)
         return self._encoder
 
     def encode(self, paths: Sequence[str | Path]) -> np.ndarray:
@@ -167,15 +176,26 @@ class Run:
                 for drow, irow in zip(D, I)]
 
 
-def load_run(path: str | Path) -> Run:
-    """Open a run folder written by ``ahcl train``.
+def load_run(path: str | Path, *, device: str | Any = "auto", precision: str = "auto",
+             num_workers: int | None = None, compile: bool = False) -> Run:
+    """Open a run folder written by ``ahcl train``, on any device (a run trained on a GPU opens
+    on a CPU and the other way round).
+
+    Args:
+        path: the run folder.
+        device: where its network encodes (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
+        precision: autocast of the network (``auto``: bf16 on CUDA GPUs that have it, else fp32).
+        num_workers: image-decoding processes when encoding (``None``: ``min(cores, 8)``).
+        compile: ``torch.compile`` the frozen backbone.
 
     Raises:
+        DeviceError: the device or precision is not available here.
         RunError: missing files, another format version, or codes that do not match the config.
     """
+    place = device_placement(device, precision)
     path = Path(path)
     if not path.is_dir():
-        raise RunError(f"run folder {path} not found")
+        raise RunError(f"run folder {path} not found", path=path)
     required = RUN_FILES
     if (path / "config.json").is_file() and _has_code_step(
             _read_json(path / "config.json").get("method")):
@@ -185,29 +205,64 @@ def load_run(path: str | Path) -> Run:
         hint = " (training unfinished? resume with ahcl train --resume)" if "run.json" in missing \
             else ""
         raise RunError(f"{path} is not a complete run: missing {', '.join(missing)}{hint}")
-    info = _read_json(path / "run.json")
+    info = _read_mapping(path / "run.json")
     if info.get("format") != RUN_FORMAT or info.get("version") != RUN_VERSION:
         raise RunError(f"{path} is a run of format {info.get('format')!r} version "
-                       f"{info.get('version')!r}; this ahcl reads {RUN_FORMAT} version {RUN_VERSION}")
-    config = _read_json(path / "config.json")
-    db = _read_json(path / "db.json")
+                       f"{info.get('version')!r}; this ahcl reads {RUN_FORMAT} version {RUN_VERSION}",
+                       path=path)
+    _verify_files(path, info)
+    config = _read_mapping(path / "config.json")
+    db = _read_mapping(path / "db.json")
     try:
         codes = np.load(path / "db_codes.npy", allow_pickle=False)
-    except ValueError as exc:
-        raise RunError(f"{path / 'db_codes.npy'} is unreadable: {exc}") from None
+    except (ValueError, OSError) as exc:
+        raise RunError(f"{path / 'db_codes.npy'} is unreadable: {exc}", path=path) from None
     if sha256_file(path / "db_codes.npy") != info.get("db_codes_sha256"):
-        raise RunError(f"{path / 'db_codes.npy'} does not match the checksum in run.json")
-    n_bits = int(info["n_bits"])
-    labels = np.asarray(db["labels"], dtype=np.int64)
+        raise RunError(f"{path / 'db_codes.npy'} does not match the checksum in run.json",
+                       path=path / "db_codes.npy")
+    try:
+        n_bits = int(info["n_bits"])
+        labels = np.asarray(db["labels"], dtype=np.int64)
+        classes, paths, root = list(db["classes"]), list(db["paths"]), Path(db["root"])
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise RunError(f"{path}: run.json or db.json lacks or garbles a field ({exc!r})",
+                       path=path) from None
     if (codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] * 8 != n_bits
-            or int(config.get("n_bits", -1)) != n_bits or len(codes) != len(labels)
-            or len(labels) != len(db["paths"])):
+            or config.get("n_bits", -1) != n_bits or len(codes) != len(labels)
+            or len(labels) != len(paths)):
         raise RunError(f"{path}: database codes {codes.dtype} {codes.shape} do not match the config "
-                       f"({n_bits} bits, {len(labels)} items)")
-    root = Path(db["root"])
+                       f"({n_bits} bits, {len(labels)} items)", path=path)
+    if labels.ndim != 1 or (len(labels) and (labels.min() < 0 or labels.max() >= len(classes))):
+        raise RunError(f"{path / 'db.json'}: labels must be class ids in 0..{len(classes) - 1}",
+                       path=path / "db.json")
     return Run(path=path, config=config, n_bits=n_bits, classes=list(db["classes"]),
-               db_codes=codes, db_labels=labels, db_paths=[str(root / p) for p in db["paths"]],
-               data_root=root, info=info)
+               db_codes=codes, db_labels=labels, db_paths=[str(root / p) for p in paths],
+               data_root=root, info=info, placement=place, num_workers=num_workers,
+               compile=compile)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    obj = _read_json(path)
+    if not isinstance(obj, dict):
+        raise RunError(f"{path} is not a JSON object: the run is damaged", path=path)
+    return obj
+
+
+def _verify_files(path: Path, info: dict[str, Any]) -> None:
+    """Check every file ``run.json`` lists a sha256 for (runs written since 0.2 list them all)."""
+    files = info.get("files", {})
+    if not isinstance(files, dict):
+        raise RunError(f"{path / 'run.json'}: 'files' is not a mapping", path=path)
+    for name, digest in files.items():
+        target = path / str(name)
+        if target.parent != path:
+            raise RunError(f"{path / 'run.json'} names a file outside the run: {name!r}",
+                           path=path)
+        if not target.is_file():
+            raise RunError(f"{path} is not a complete run: missing {name}", path=target)
+        if sha256_file(target) != digest:
+            raise RunError(f"{target} does not match its checksum in run.json (the file was "
+                           "changed or damaged)", path=target)
 
 
 def _read_json(path: Path) -> Any:
@@ -227,18 +282,31 @@ def check_target(out: Path, config: dict[str, Any], resume: bool) -> bool:
         RunError: a finished run without ``resume``; a non-empty folder without ``resume``; an
             unfinished run started with another config.
     """
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file: choose a folder for the run", path=out)
     if (out / "run.json").exists():
-        if resume:
-            return True
-        raise RunError(f"{out} already holds a finished run; choose another --out", path=out)
+        if not resume:
+            raise RunError(f"{out} already holds a finished run; choose another --out",
+                           path=out)
+        if _identity(_read_json(out / "config.json")) != _identity(config):
+            raise RunError(f"{out} holds a finished run made with another config; --resume only "
+                           "continues the same run: choose another --out", path=out)
+        return True
     if out.exists() and any(out.iterdir()):
         if not resume:
             raise RunError(f"{out} exists and is not empty; use --resume to continue it "
                            "or choose another --out", path=out)
-        saved = _read_json(out / "config.json") if (out / "config.json").exists() else None
-        if saved is not None and saved != config:
+        if not (out / "config.json").is_file():
+            raise RunError(f"cannot resume {out}: it is not an ahcl run folder (no config.json); "
+                           "choose another --out", path=out)
+        if _identity(_read_json(out / "config.json")) != _identity(config):
             raise RunError(f"cannot resume {out}: it was started with another config", path=out)
     return False
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The config minus the runtime settings (device, workers, ...): what a resume must match."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
 
 
 def start_run(out: Path, config: dict[str, Any], split: Split, paths: Sequence[str]) -> None:
@@ -320,11 +388,15 @@ def finish_run(out: Path, run: FinishedRun) -> None:
         "root": str(run.data_root), "classes": run.classes, "paths": list(run.db_paths),
         "labels": np.asarray(run.db_labels).tolist()})
     atomic_write_json(out / "timings.json", run.timings)
+    checked = ["config.json", "split.json", "model.pt", "db_codes.npy", "db.json"]
+    if run.code_state is not None:
+        checked.append("code_state.npz")
     atomic_write_json(out / "run.json", {
         "format": RUN_FORMAT, "version": RUN_VERSION, "ahcl_version": __version__,
         "method": run.method, "n_bits": run.n_bits, "n_db": int(len(run.db_labels)),
         "n_query": int(run.n_query), "n_classes": len(run.classes),
         "db_codes_sha256": sha256_file(out / "db_codes.npy"),
+        "files": {name: sha256_file(out / name) for name in checked},
         "torch": torch.__version__})
     (out / CHECKPOINT).unlink(missing_ok=True)
 

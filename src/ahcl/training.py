@@ -16,6 +16,8 @@ from ahcl.config import TrainConfig, config_from_dict
 from ahcl.data.folder import read_image_folder
 from ahcl.data.registry import dataset_root
 from ahcl.data.splits import Split, load_split, make_split
+from ahcl.data.transforms import training_transform
+from ahcl.device import Placement
 from ahcl.encoder import build_backbone
 from ahcl.errors import AhclError
 from ahcl.methods.feeders import ImageFeeder
@@ -72,10 +74,13 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     alone writes the run folder, and every rank returns it once written.
     """
     config.validate()
+    place = config.placement()
     out = Path(out)
     resolved = config.to_dict()
+    opened = {"device": config.device, "precision": config.precision,
+              "num_workers": config.num_workers, "compile": config.compile}
     if check_target(out, resolved, resume):
-        return load_run(out)
+        return load_run(out, **opened)
     tic = time.perf_counter()
     # Data and backbone are checked before anything is written, so a bad --data or --backbone
     # leaves no half-made run folder behind.
@@ -89,7 +94,7 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     db_labels = data.labels[db_rows]
 
     t_feat = time.perf_counter()
-    inputs, trainable_backbone = _inputs(config, data.abs_paths(db_rows), backbone)
+    inputs, trainable_backbone = _inputs(config, data.abs_paths(db_rows), backbone, place)
     features_s = time.perf_counter() - t_feat
 
     asymmetric = KINDS[config.method] == "asymmetric"
@@ -106,16 +111,17 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
 
     t_train = time.perf_counter()
     method.fit(inputs, db_labels, n_classes=len(data.classes), backbone=trainable_backbone,
-               checkpoint=out / CHECKPOINT, on_iteration=record)
+               checkpoint=out / CHECKPOINT, on_iteration=record, placement=place)
     train_s = time.perf_counter() - t_train
     if not writer:
         dist.barrier()  # rank 0 writes the run
-        return load_run(out)
+        return load_run(out, **opened)
     # The checkpoint's history is the truth (metrics.jsonl may be one line behind a crash).
     write_metrics(out, method.history_)
     random_frozen = config.mode == "frozen" and not config.pretrained
     finish_run(out, FinishedRun(
-        method=config.method, n_bits=config.params.n_bits, net_state=method.net_.state_dict(),
+        method=config.method, n_bits=config.params.n_bits,
+        net_state={k: v.cpu() for k, v in method.net_.state_dict().items()},
         # A random frozen backbone is part of the model: keep it rather than trust a re-seed.
         backbone_state=backbone.state_dict() if random_frozen else None,
         db_codes=method.db_codes_, code_state=method.code_state_ if asymmetric else None,
@@ -123,17 +129,21 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
         db_labels=db_labels, n_query=len(data.split.query),
         timings={"features_s": features_s, "train_s": train_s,
                  "total_s": time.perf_counter() - tic, "processes": dist.world_size(),
+                 "device": str(place.device), "precision": place.precision,
                  "note": "seconds of this process; a resumed run counts only its last part"}))
     dist.barrier()
-    return load_run(out)
+    return load_run(out, **opened)
 
 
-def _inputs(config: TrainConfig, db_paths: list[str], backbone: Any) -> tuple[Any, Any]:
+def _inputs(config: TrainConfig, db_paths: list[str], backbone: Any,
+            place: Placement) -> tuple[Any, Any]:
     """What the method is fed: cached features (frozen) or images, and the trainable backbone."""
     if config.mode != "frozen":
-        return ImageFeeder(db_paths, backbone.transform, num_workers=config.num_workers), backbone
+        augment = training_transform(config.augment, backbone.transform)
+        return ImageFeeder(db_paths, backbone.transform, num_workers=config.workers(),
+                           train_transform=augment), backbone
     options = {"cache_dir": config.feature_cache, "batch_size": config.batch_size_features,
-               "num_workers": config.num_workers}
+               "num_workers": config.workers(), "placement": place, "compile": config.compile}
     if dist.is_distributed():
         # Each rank computes its share into the shared cache (one segment file per process),
         # then every rank reads all of them back from it.

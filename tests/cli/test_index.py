@@ -39,7 +39,7 @@ class FakeRun:
 @pytest.fixture
 def fake_run(monkeypatch: pytest.MonkeyPatch) -> FakeRun:
     run = FakeRun()
-    monkeypatch.setattr(index_cli, "load_run", lambda path: run)
+    monkeypatch.setattr(index_cli, "load_run", lambda path, **options: run)
     return run
 
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ahcl.methods.solver import (code_step, database_stats, dissimilar_weight, pairwise_loss)
+from ahcl.methods.solver import (_ubar, code_step, code_step_from_stats,
+                                 code_step_from_stats_torch, database_stats, dissimilar_weight,
+                                 omega_stats, pairwise_loss)
 
 
 def _problem(seed: int, n: int = 40, m: int = 12, c: int = 8, K: int = 4):
@@ -120,3 +122,20 @@ def test_code_step_float32_default_agrees():
     a = code_step(V.copy(), U, omega, labels, K, 0.2, 200.0)
     b = code_step(V.copy(), U, omega, labels, K, 0.2, 200.0, dtype=np.float64)
     assert (a != b).mean() < 0.01
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_torch_code_step_equals_numpy(seed):
+    """The device form of the code step (run here on the CPU) makes the same updates in the
+    same order: equal bit for bit in float64, and in float32 on all but rounding-level ties."""
+    _, labels, V, omega, U, K = _problem(seed, n=300, m=40, c=16)
+    r = dissimilar_weight(labels[omega], np.bincount(labels, minlength=K), "soft")
+    M, R = omega_stats(U, labels[omega], K, np.float64)
+    rows, ubar = _ubar(omega, U, np.float64)
+    expected = code_step_from_stats(V.copy(), labels, M, R, r, 5.0, rows, ubar, sweeps=2,
+                                    chunk=64, dtype=np.float64)
+    got = code_step_from_stats_torch(V.copy(), labels, M, R, r, 5.0, rows, ubar, sweeps=2,
+                                     chunk=70, dtype=torch.float64)
+    np.testing.assert_array_equal(got, expected)
+    got32 = code_step_from_stats_torch(V.copy(), labels, M, R, r, 5.0, rows, ubar, sweeps=2)
+    assert np.mean(got32 == expected) > 0.999

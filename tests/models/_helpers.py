@@ -1,4 +1,4 @@
-"""Helpers of the feature tests: a counting backbone wrapper and the no-cache reference."""
+"""Helpers of the feature tests: a counter of computed images and the no-cache reference."""
 
 from __future__ import annotations
 
@@ -11,23 +11,29 @@ from PIL import Image
 
 from ahcl.models.backbones import Backbone
 from ahcl.models.feature_cache import KEY_SIZE
+from ahcl.models.inference import InferenceBackbone
 
 N_IMAGES = 8
 TINY_RECORD = KEY_SIZE + 4 * 64 + 4
 
 
 class Counting:
-    """Wraps a backbone's ``forward_features`` and counts the images it is called on."""
+    """Counts the images the inference forms of ``backbone`` compute features of.
+
+    Extraction runs a converted copy (:class:`InferenceBackbone`), never ``backbone`` itself, so
+    this wraps the copies' ``features`` and recognises those of ``backbone`` by their cache key.
+    """
 
     def __init__(self, backbone: Backbone, monkeypatch: pytest.MonkeyPatch) -> None:
         self.n = 0
-        inner = backbone.forward_features
+        inner = InferenceBackbone.features
 
-        def counted(x: torch.Tensor) -> torch.Tensor:
-            self.n += len(x)
-            return inner(x)
+        def counted(model: InferenceBackbone, x: torch.Tensor) -> np.ndarray:
+            if model.cache_key == backbone.feature_key(model.form):
+                self.n += len(x)
+            return inner(model, x)
 
-        monkeypatch.setattr(backbone, "forward_features", counted)
+        monkeypatch.setattr(InferenceBackbone, "features", counted)
 
 
 def direct_features(backbone: Backbone, paths: list[Path]) -> np.ndarray:

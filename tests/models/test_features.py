@@ -7,10 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from ahcl.data.images import ImageReadError
+from ahcl.device import Placement
 from ahcl.models.backbones import create_backbone
-from ahcl.models.features import UnreadableImagesError, extract_features
+from ahcl.models.features import UnreadableImagesError, extract_features, image_features
+from ahcl.models.inference import CPU, inference_model
 from tests.models._helpers import N_IMAGES, Counting, close, direct_features
 
 
@@ -82,12 +85,56 @@ def test_read_errors_carry_their_paths_through_pickling(images, tmp_path, tiny):
     assert info.value.path == str(missing)
 
 
-def test_worker_processes_give_the_same_features_and_mode_is_restored(images, tmp_path):
+@pytest.mark.parametrize("batch_size", [2, 3, 8])
+def test_worker_processes_give_the_same_features_and_leave_the_backbone_alone(images, tmp_path,
+                                                                              batch_size):
     bb = create_backbone("tiny_cnn").train()
-    serial = extract_features(images, bb, cache_dir=tmp_path / "a", batch_size=4)
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    serial = extract_features(images, bb, cache_dir=tmp_path / "a", batch_size=batch_size,
+                              num_workers=0)
+    workers = extract_features(images, bb, cache_dir=tmp_path / "b", batch_size=batch_size,
+                               num_workers=2)
+    by_default = extract_features(images, bb, cache_dir=tmp_path / "c", batch_size=batch_size)
+    assert np.array_equal(serial, workers) and np.array_equal(serial, by_default)
     assert bb.training
-    workers = extract_features(images, bb, cache_dir=tmp_path / "b", batch_size=4, num_workers=2)
-    assert np.array_equal(serial, workers)
+    assert all(torch.equal(v, bb.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_device_argument_still_works_and_placement_is_exclusive(images, tmp_path, tiny):
+    bb, _ = tiny
+    default = extract_features(images, bb, cache_dir=tmp_path)
+    assert np.array_equal(extract_features(images, bb, cache_dir=tmp_path, device="cpu"), default)
+    assert np.array_equal(
+        extract_features(images, bb, cache_dir=tmp_path, placement=CPU, num_workers=0), default)
+    with pytest.raises(ValueError, match="not both"):
+        extract_features(images, bb, cache_dir=tmp_path, device="cpu", placement=CPU)
+
+
+def test_an_inference_form_is_used_as_given(images, tmp_path, tiny):
+    bb, count = tiny
+    fast = inference_model(bb)
+    feats = extract_features(images, fast, cache_dir=tmp_path, batch_size=3)
+    assert count.n == N_IMAGES
+    assert np.array_equal(extract_features(images, bb, cache_dir=tmp_path), feats)  # same key
+    assert count.n == N_IMAGES
+    close(feats, direct_features(create_backbone("tiny_cnn", seed=0), images))
+    with pytest.raises(ValueError, match="fast1-cpu-fp32"):
+        extract_features(images, fast, cache_dir=tmp_path,
+                         placement=Placement(torch.device("cpu"), "bf16"))
+
+
+def test_image_features_skip_the_cache_and_stop_at_the_first_unreadable(images, tmp_path, tiny):
+    bb, count = tiny
+    fast = inference_model(bb)
+    feats = image_features(images, fast, batch_size=3, num_workers=2)
+    assert count.n == N_IMAGES
+    close(feats, direct_features(create_backbone("tiny_cnn", seed=0), images))
+    assert not (tmp_path / "cache").exists()
+    broken = images[0].with_name("broken.png")
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match="broken.png") as info:
+        image_features([*images[:2], broken], fast, num_workers=0)
+    assert info.value.path == str(broken)
 
 
 def test_mobilenet_features_and_cache(images, tmp_path, mobilenet_weights, monkeypatch):

@@ -25,7 +25,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def make_client(source: Path, run: Path | None = None, **settings) -> tuple[TestClient, Archive]:
     archive = Archive.open(source, run=run, thumb_size=32)
     settings.setdefault("token", TOKEN)
-    return TestClient(create_app(archive, ServeSettings(**settings))), archive
+    return (TestClient(create_app(archive, ServeSettings(**settings)),
+                       base_url="http://127.0.0.1:8000"), archive)
 
 
 @pytest.fixture()

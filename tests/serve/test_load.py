@@ -32,6 +32,6 @@ def test_concurrent_searches_and_additions_lose_nothing(run_dir: Path) -> None:
     assert len(archive) == 72 + len(added)
     reopened = Archive.open(run_dir)  # every addition reached the file
     assert len(reopened) == 72 + len(added)
-    client = TestClient(create_app(reopened, ServeSettings()))
+    client = TestClient(create_app(reopened, ServeSettings()), base_url="http://127.0.0.1:8000")
     assert all(client.get(f"/api/items/{i}").status_code == 200 for i in added)
     assert len(list((run_dir / "archive.images").iterdir())) == len(added)

@@ -22,7 +22,7 @@ def guarded(run_dir: Path):
     """(client, app, run_dir) with the disk snapshot checked unchanged after the test."""
     app = create_app(Archive.open(run_dir), ServeSettings(token=TOKEN, max_upload_bytes=LIMIT))
     before = snapshot(run_dir)
-    yield TestClient(app), app, run_dir
+    yield TestClient(app, base_url="http://127.0.0.1:8000"), app, run_dir
     assert snapshot(run_dir) == before
     assert not (run_dir / "archive.index").exists()
 
@@ -177,3 +177,40 @@ def test_too_many_form_parts_are_400(guarded, path: str) -> None:
     fields = {f"f{i}": "1" for i in range(17)}
     r = client.post(path, headers=AUTH, data=fields, files={"image": ("a.png", img)})
     assert r.status_code == 400
+
+
+@pytest.fixture()
+def open_loopback(run_dir: Path):
+    """A tokenless server with --allow-writes on 127.0.0.1 (the mode other sites target)."""
+    app = create_app(Archive.open(run_dir), ServeSettings(allow_writes=True))
+    before = snapshot(run_dir)
+    yield TestClient(app, base_url="http://127.0.0.1:8000"), run_dir, before
+
+
+@pytest.mark.parametrize("method, path, headers, files", [
+    ("post", "/api/items", {"Origin": "http://evil.example"}, True),
+    ("post", "/api/items", {"Sec-Fetch-Site": "cross-site"}, True),
+    ("delete", "/api/items/5", {"Host": "evil.example:8000"}, False),
+    ("delete", "/api/items/5", {"Origin": "null"}, False),
+    ("post", "/api/items", {"Host": "attacker.test"}, True),
+])
+def test_other_sites_cannot_write(open_loopback, method, path, headers, files) -> None:
+    client, run_dir, before = open_loopback
+    kwargs = {"files": {"image": ("a.png", noise_png(1), "image/png")}} if files else {}
+    r = getattr(client, method)(path, headers=headers, **kwargs)
+    assert r.status_code == 403, r.text
+    assert snapshot(run_dir) == before
+
+
+def test_same_origin_page_still_writes(open_loopback) -> None:
+    client, run_dir, _ = open_loopback
+    r = client.post("/api/items", files={"image": ("a.png", noise_png(1), "image/png")},
+                    headers={"Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 201, r.text
+    assert client.delete("/api/items/5", headers={"Host": "localhost:8000"}).status_code == 200
+
+
+def test_token_writes_still_refuse_other_origins(guarded) -> None:
+    client, _, _ = guarded
+    r = client.delete("/api/items/5", headers={**AUTH, "Origin": "http://evil.example"})
+    assert r.status_code == 403

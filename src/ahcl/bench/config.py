@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ahcl.data.transforms import training_transform
+from ahcl.device import Placement, default_workers, placement
 from ahcl.errors import AhclError, InvalidValueError
 from ahcl.methods.feeders import ImageFeeder
 from ahcl.methods.registry import BUDGETS, get_method, list_methods
@@ -37,6 +39,10 @@ class BenchmarkConfig:
             (``{"ahcl": {"epochs": 1}}``).
         feature_cache: feature cache folder (default ``$AHCL_CACHE`` or ``~/.cache/ahcl/features``).
         timing_images: images used to time the backbone (decode + forward), extrapolated per image.
+        device, precision: where the networks run (:mod:`ahcl.device`); not part of a cell's
+            identity, so a benchmark can be resumed elsewhere.
+        num_workers: image-decoding processes (``None``: ``min(cores, 8)``).
+        augment: finetune mode's training augmentation (``scene`` or ``none``).
         command: the command line, recorded in the report.
     """
 
@@ -56,6 +62,10 @@ class BenchmarkConfig:
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     feature_cache: str | None = None
     timing_images: int = 32
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int | None = None
+    augment: str = "scene"
     command: str = ""
 
     def validate(self) -> "BenchmarkConfig":
@@ -74,10 +84,19 @@ class BenchmarkConfig:
             raise AhclError("query_fraction and val_fraction must be in (0, 1)")
         if self.tune_bits is None:
             self.tune_bits = 32 if 32 in self.bits else sorted(self.bits)[len(self.bits) // 2]
+        self.placement()
         unknown = set(self.budgets) - set(self.methods)
         if unknown:
             raise AhclError(f"budget given for method(s) not benchmarked: {sorted(unknown)}")
         return self
+
+    def placement(self) -> Placement:
+        """The resolved device and precision (raises :class:`~ahcl.device.DeviceError`)."""
+        return placement(self.device, self.precision)
+
+    def workers(self) -> int:
+        """Worker processes: ``num_workers``, or ``min(cores, 8)``."""
+        return default_workers() if self.num_workers is None else self.num_workers
 
     def budget(self, method: str) -> dict[str, Any]:
         """The fixed (untuned) parameters of ``method``."""
@@ -87,6 +106,8 @@ class BenchmarkConfig:
         """The fields a finished cell depends on (methods/bits/seeds may grow on a rerun)."""
         keep = ("data", "dataset", "backbone", "pretrained", "mode", "query_fraction",
                 "split_seed", "val_fraction", "tune_bits", "tune_seed")
+        if self.mode == "finetune":  # frozen features are never augmented
+            keep += ("augment",)
         return {k: getattr(self, k) for k in keep}
 
 
@@ -111,4 +132,6 @@ class Workspace:
         if self.features is not None:
             return self.features[rows]
         transform = create_backbone(config.backbone, pretrained=False).transform
-        return ImageFeeder([str(self.root / self.paths[i]) for i in rows], transform)
+        return ImageFeeder([str(self.root / self.paths[i]) for i in rows], transform,
+                           num_workers=config.workers(),
+                           train_transform=training_transform(config.augment, transform))

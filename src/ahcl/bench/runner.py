@@ -53,7 +53,9 @@ def prepare(config: BenchmarkConfig, out: Path) -> Workspace:
     features, features_s = None, 0.0
     if config.mode == "frozen":
         tic = time.perf_counter()
-        features = extract_features(abs_paths, backbone, cache_dir=config.feature_cache)
+        features = extract_features(abs_paths, backbone, cache_dir=config.feature_cache,
+                                    placement=config.placement(),
+                                    num_workers=config.workers())
         features_s = time.perf_counter() - tic
     timing = out / "backbone_timing.json"
     if timing.exists():  # measured once per benchmark folder, so a resume reports the same
@@ -76,7 +78,7 @@ def _fit(name: str, params: dict[str, Any], ws: Workspace, rows: np.ndarray,
         backbone = create_backbone(config.backbone, pretrained=config.pretrained,
                                    seed=int(params.get("seed", 0)))
     return method.fit(ws.inputs(rows, config), ws.labels[rows], n_classes=len(ws.classes),
-                      backbone=backbone)
+                      backbone=backbone, placement=config.placement())
 
 
 def tune(name: str, config: BenchmarkConfig, ws: Workspace, out: Path,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ahcl.bench import BenchmarkConfig, run_benchmark
+from ahcl.cli._common import add_device_args, run_options
 from ahcl.config import parse_set
 from ahcl.errors import AhclError
 from ahcl.methods.registry import list_methods
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads (default: torch's choice; 1 is faster and steadier "
                    "on a machine shared with other jobs)")
+    add_device_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="benchmark folder (resumable)")
     p.set_defaults(func=run)
 
@@ -64,6 +66,12 @@ def parse_budgets(items: list[str]) -> dict[str, dict[str, Any]]:
             raise AhclError(f"--set takes METHOD.KEY=VALUE, got {key!r}")
         out.setdefault(method, {})[name] = value
     return out
+
+
+def _device_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = run_options(args)
+    return {"device": options["device"], "precision": options["precision"],
+            "num_workers": options.get("num_workers")}
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -99,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         bits=args.bits, seeds=args.seeds, backbone=args.backbone, mode=args.mode,
         pretrained=not args.no_pretrained, query_fraction=args.query_fraction,
         val_fraction=args.val_fraction, tune_bits=args.tune_bits, split_seed=args.split_seed,
-        budgets=parse_budgets(args.set),
+        budgets=parse_budgets(args.set), **_device_options(args),
         command=_command(args))
     results = run_benchmark(config, args.out)
     summary = results["summary"]

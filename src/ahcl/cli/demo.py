@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ahcl.cli._common import print_json
+from ahcl.cli._common import add_device_args, print_json
 from ahcl.demo import format_table, run_demo
 from ahcl.errors import AhclError
 
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="ahcl-demo", metavar="DIR", help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_device_args(p, workers=False)
     p.set_defaults(func=run)
 
 
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ahcl demo: {line}", file=sys.stderr)
 
     result = run_demo(args.out, bits=bits, data=args.data, dataset=args.dataset, seed=args.seed,
-                      say=say)
+                      say=say, device=args.device or "auto",
+                      precision=args.precision or "auto")
     if args.json:
         print_json({"out": str(result.out), "data": result.data_note,
                     "backbone": result.backbone_note, "rows": result.rows,

@@ -9,7 +9,7 @@ import numpy as np
 
 from ahcl import distributed as dist
 from ahcl._io import atomic_write, atomic_write_text
-from ahcl.cli._common import print_json
+from ahcl.cli._common import add_device_args, print_json, run_options
 from ahcl.data.folder import list_image_files
 from ahcl.errors import AhclError
 from ahcl.run import load_run
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--part-size", type=int, default=4096, metavar="N",
                    help="images per unit of work under torchrun (default 4096)")
     p.add_argument("--json", action="store_true", help="print codes as JSON (hex strings)")
+    add_device_args(p)
     p.set_defaults(func=run)
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.images) == bool(args.folder):
         raise AhclError("give either IMAGE files or --images DIR")
     images = args.images or list_image_files(args.folder)
-    r = load_run(args.run)
+    r = load_run(args.run, **run_options(args))
     if dist.init_from_env():
         if not args.out:
             raise AhclError("under torchrun pass --out FILE.npy (the shards live beside it)")

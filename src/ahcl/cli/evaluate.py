@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ahcl.cli._common import print_json
+from ahcl.cli._common import add_device_args, print_json, run_options
 from ahcl.eval.metrics import RetrievalReport
 from ahcl.eval.plots import plot_pr_curve, plot_precision_at_k
 from ahcl.run import load_run
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", metavar="DIR", help="folder-per-class query images")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--plots", metavar="DIR", help="write PR and precision@K plots here")
+    add_device_args(p)
     p.set_defaults(func=run)
 
 
@@ -38,7 +39,7 @@ def format_report(report: RetrievalReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    r = load_run(args.run)
+    r = load_run(args.run, **run_options(args))
     tic = time.perf_counter()
     report = r.evaluate(args.queries)
     seconds = time.perf_counter() - tic

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ahcl import distributed as dist
-from ahcl.cli._common import print_json
+from ahcl.cli._common import add_device_args, print_json, run_options
 from ahcl.data.folder import list_image_files
 from ahcl.errors import AhclError, UnknownNameError
 from ahcl.index import HammingIndex
@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--part-size", type=int, default=4096, metavar="N",
                        help="images per unit of work and of crash recovery (default 4096)")
     build.add_argument("--json", action="store_true")
+    add_device_args(build)
     build.set_defaults(func=build_cmd)
 
     add = verbs.add_parser("add", help="encode images with a run and add them to an index")
@@ -52,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="class of the images: uses the run's database-code step for them "
                           "(without it they get network codes and label -1)")
     add.add_argument("--json", action="store_true")
+    add_device_args(add)
     add.set_defaults(func=add_cmd)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -83,7 +85,7 @@ def info_cmd(args: argparse.Namespace) -> int:
 def build_cmd(args: argparse.Namespace) -> int:
     if args.images is not None:
         return _build_from_images(args)
-    run = load_run(args.run)
+    run = load_run(args.run, **run_options(args))
     index = HammingIndex(run.n_bits)
     ids = index.add(run.db_codes, labels=run.db_labels,
                     meta=[{"path": str(p)} for p in run.db_paths])
@@ -94,7 +96,7 @@ def build_cmd(args: argparse.Namespace) -> int:
 
 def _build_from_images(args: argparse.Namespace) -> int:
     dist.init_from_env()
-    run = load_run(args.run)
+    run = load_run(args.run, **run_options(args))
     paths = list_image_files(args.images)
     shards = Path(f"{args.out}.shards")
     codes = encode_files_sharded(run, paths, shards, part_size=args.part_size)
@@ -111,7 +113,7 @@ def _build_from_images(args: argparse.Namespace) -> int:
 
 def add_cmd(args: argparse.Namespace) -> int:
     index = HammingIndex.load(args.index)
-    run = load_run(args.run)
+    run = load_run(args.run, **run_options(args))
     if run.n_bits != index.n_bits:
         raise AhclError(f"run {args.run} makes {run.n_bits}-bit codes but {args.index} holds "
                         f"{index.n_bits}-bit codes; use the run the index was built from")

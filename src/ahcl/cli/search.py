@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ahcl.cli._common import print_json
+from ahcl.cli._common import add_device_args, print_json, run_options
 from ahcl.errors import AhclError
 from ahcl.index import HammingIndex, search_results
 from ahcl.run import load_run
@@ -17,9 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "query image by Hamming distance.")
     p.add_argument("source", metavar="RUN_OR_INDEX")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
+    p.add_argument("-k", type=int, default=10,
+                   help="hits per query (default 10; more than the archive holds gives them all)")
     p.add_argument("--run", metavar="RUN", help="the run that encodes queries (for an index)")
     p.add_argument("--json", action="store_true")
+    add_device_args(p)
     p.set_defaults(func=run)
 
 
@@ -28,13 +30,15 @@ def run(args: argparse.Namespace) -> int:
         raise AhclError("-k must be >= 1")
     source = Path(args.source)
     if source.is_dir():
-        results = load_run(source).search(args.images, args.k)
+        results = load_run(source, **run_options(args)).search(args.images, args.k)
     else:
         if not args.run:
             raise AhclError("searching an index needs --run RUN to encode the query images")
         index = HammingIndex.load(source)
-        run = load_run(args.run)
-        results = search_results(index, run.encode(args.images), args.k, classes=run.classes)
+        run = load_run(args.run, **run_options(args))
+        # k is clamped to the archive's size: the answer is the same and nothing is sized by k.
+        results = search_results(index, run.encode(args.images), min(args.k, max(len(index), 1)),
+                                 classes=run.classes)
     if args.json:
         print_json({"queries": [{"image": img, "hits": [h.to_dict() for h in hits]}
                                 for img, hits in zip(args.images, results)]})

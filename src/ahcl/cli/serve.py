@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ahcl.cli._common import add_device_args, run_options
 from ahcl.errors import AhclError
 
 
@@ -14,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the web page at /, the API under /api, its docs at /docs.")
     p.add_argument("source", metavar="RUN_OR_INDEX")
     p.add_argument("--run", metavar="RUN", help="the run that encodes queries (for an index)")
+    add_device_args(p, workers=False)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--token", help="bearer token for writes (default $AHCL_TOKEN)")
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(host=args.host, token=token, allow_writes=args.allow_writes,
                              max_upload_bytes=int(args.max_upload_mb * 2**20),
                              max_pixels=args.max_pixels)
-    archive = Archive.open(args.source, run=args.run)
+    archive = Archive.open(args.source, run=args.run, run_options=run_options(args))
     uvicorn.run(create_app(archive, settings), host=args.host, port=args.port,
                 log_level="info" if args.verbose else "warning")
     return 0

@@ -6,8 +6,10 @@ import argparse
 import sys
 
 from ahcl import distributed as dist
-from ahcl.cli._common import print_json
+from ahcl.cli._common import add_device_args, print_json
 from ahcl.config import TrainConfig, config_from_dict, load_yaml_config, parse_set
+from ahcl.data.transforms import AUGMENTATIONS
+from ahcl.device import resolve_device
 from ahcl.methods.registry import DEFAULT_METHOD, TRAINABLE
 from ahcl.training import train_run
 
@@ -36,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML of config keys (defaults for flags)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set lam=100 (repeatable)")
+    add_device_args(p)
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the frozen backbone's inference form")
+    p.add_argument("--augment", choices=AUGMENTATIONS,
+                   help="finetune augmentation: scene (default: random resized crop, flips, "
+                        "rotations by 90 degrees) or none")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(func=run)
@@ -46,7 +54,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_yaml_config(args.config) if args.config else {}
     flags = {"data": args.data, "dataset": args.dataset, "method": args.method,
              "n_bits": args.bits, "backbone": args.backbone, "mode": args.mode,
-             "query_fraction": args.query_fraction, "split": args.split, "seed": args.seed}
+             "query_fraction": args.query_fraction, "split": args.split, "seed": args.seed,
+             "device": args.device, "precision": args.precision, "num_workers": args.workers,
+             "compile": args.compile, "augment": args.augment}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.no_pretrained:
         values["pretrained"] = False
@@ -57,8 +67,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    dist.init_from_env()
     config = config_from_args(args)
+    # NCCL for CUDA devices, gloo otherwise; each rank then takes the GPU LOCAL_RANK.
+    dist.init_from_env(str(resolve_device(config.device)))
     total = getattr(config.params, "outer_iters", None) or config.params.epochs
 
     def show(row: dict) -> None:

@@ -36,11 +36,13 @@ from torch import nn
 
 from ahcl import distributed as dist
 from ahcl._io import atomic_write
+from ahcl.device import Placement
 from ahcl.errors import AhclError, InvalidValueError
 from ahcl.index.packing import pack_codes, unpack_codes
+from ahcl._checks import check_choice, check_float, check_int, check_n_bits, check_seed
 from ahcl.methods.base import (DEFAULT_HIDDEN, FitInputs, HashingMethod, Inputs, MethodSpec,
-                               check_n_bits, lr_dropout_grid)
-from ahcl.methods.feeders import as_feeder
+                               TrainingDivergedError, lr_dropout_grid)
+from ahcl.methods.feeders import CPU, as_feeder, fork_rng
 from ahcl.methods.solver import (code_step_from_stats, code_step_shard, database_stats,
                                  dissimilar_weight, pairwise_loss)
 from ahcl.models.heads import HashNet
@@ -89,17 +91,24 @@ class AHCLParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.lr_milestones, (str, bytes)) or not hasattr(self.lr_milestones,
+                                                                           "__iter__"):
+            raise InvalidValueError("lr_milestones", self.lr_milestones, "a list of integers")
+        for m in self.lr_milestones:
+            check_int("lr_milestones", m, 0)
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
         check_n_bits(self.n_bits)
-        if self.similarity not in ("soft", "hard"):
-            raise AhclError(f"similarity must be 'soft' or 'hard', got {self.similarity!r}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise AhclError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        for name in ("lam", "gamma", "lr", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise AhclError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.outer_iters < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise AhclError("outer_iters, epochs and batch_size must be >= 1")
+        check_choice("similarity", self.similarity, ("soft", "hard"))
+        check_choice("optimizer", self.optimizer, ("sgd", "adam"))
+        for name in ("lam", "gamma", "weight_decay"):
+            check_float(name, getattr(self, name), lo=0)
+        check_float("lr", self.lr, lo=0, lo_open=True)
+        check_float("dropout", self.dropout, lo=0, hi=1, hi_open=True)
+        for name in ("outer_iters", "epochs", "batch_size", "code_sweeps"):
+            check_int(name, getattr(self, name), 1)
+        check_int("num_samples", self.num_samples, 1, optional=True)
+        check_int("hidden", self.hidden, 0)
+        check_seed(self.seed)
 
 
 @dataclass
@@ -180,10 +189,14 @@ class AHCL(HashingMethod):
         training resumes from it and ends with the same result as an uninterrupted run.
         """
         p = self.params
-        feeder, labels, K = data.feeder, data.labels, data.n_classes
+        feeder, labels, K, place = data.feeder, data.labels, data.n_classes, data.placement
         n = len(labels)
-        net = self.build_net(data.in_dim, K, data.backbone)
+        net = self.build_net(data.in_dim, K, data.backbone).to(place.device)
+        if data.backbone is not None:  # image batches arrive channels_last (see the feeders)
+            net.to(memory_format=torch.channels_last)
         opt = self._optimizer(net)
+        # fp16 needs loss scaling; for fp32 and bf16 the scaler is a pass-through.
+        scaler = torch.amp.GradScaler(place.device.type, enabled=place.precision == "fp16")
         world, me = dist.world_size(), dist.rank()
         reduce = dist.all_reduce_numpy if world > 1 else None
         rows = dist.shard_slice(n, me, world)  # this rank's database rows (all of them alone)
@@ -196,7 +209,9 @@ class AHCL(HashingMethod):
         model: nn.Module = net
         if world > 1:
             # ADSH never uses the classifier: tell DDP not to wait for its gradients.
-            model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=not p.gamma)
+            ids = [place.device.index] if place.is_cuda else None
+            model = nn.parallel.DistributedDataParallel(net, device_ids=ids,
+                                                        find_unused_parameters=not p.gamma)
         m = n if p.num_samples is None else min(p.num_samples, n)
         counts = np.bincount(labels, minlength=K)
         for t in range(start, p.outer_iters):
@@ -207,18 +222,21 @@ class AHCL(HashingMethod):
             r = dissimilar_weight(labels[omega], counts, p.similarity)
             for group in opt.param_groups:
                 group["lr"] = self._lr_at(t)
-            with torch.random.fork_rng(devices=[]):
+            with fork_rng(place):
                 # Dropout draws from torch's global RNG: seed it per iteration (so a resumed run
                 # draws the same masks) and restore the caller's state afterwards.
                 torch.manual_seed(int(rng.integers(2**62)) + me)
                 stats = database_stats(V, labels[rows], K, reduce=reduce)
                 v_rows = _v_rows_of(V, rows, reduce)
-                losses = self._network_step(model, opt, feeder, labels, v_rows, stats, omega, r,
-                                            rng, world, me)
-            U = self._outputs(net, feeder, omega[lo:hi])
+                losses = self._network_step(model, opt, scaler, feeder, labels, v_rows, stats,
+                                            omega, r, rng, place, world, me)
+            _check_finite(losses["loss"], t, checkpoint)
+            U = self._outputs(net, feeder, omega[lo:hi], place)
             V_before = V.copy()
+            # On a GPU the bit updates run there too (the statistics stay float64 sums on the CPU).
             _, M, R = code_step_shard(V, rows.start, U, omega[lo:hi], labels[rows], K, r, p.lam,
-                                      reduce, sweeps=p.code_sweeps)
+                                      reduce, sweeps=p.code_sweeps,
+                                      device=place.device if place.is_cuda else None)
             state = CodeState(M, R, r, p.lam)
             changed = np.array([np.count_nonzero(V != V_before)], np.int64)
             changed = int((reduce(changed) if reduce else changed)[0])
@@ -237,13 +255,18 @@ class AHCL(HashingMethod):
         self.code_state_, self.rows_ = state, rows
         self.db_codes_ = dist.gather_numpy(pack_codes(V)) if world > 1 else pack_codes(V)
 
-    def _network_step(self, model: nn.Module, opt: torch.optim.Optimizer, feeder,
-                      labels: np.ndarray, v_rows: Callable[[np.ndarray], np.ndarray],
-                      stats: Any, omega: np.ndarray, r: float, rng: np.random.Generator,
-                      world: int = 1, me: int = 0) -> dict[str, float]:
+    def _network_step(self, model: nn.Module, opt: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, feeder, labels: np.ndarray,
+                      v_rows: Callable[[np.ndarray], np.ndarray], stats: Any, omega: np.ndarray,
+                      r: float, rng: np.random.Generator, place: Placement, world: int = 1,
+                      me: int = 0) -> dict[str, float]:
         """Epochs over Ω with ``V`` fixed. With ``world > 1`` this rank takes its slice of each
         mini-batch; the loss of the slice is normalised by the whole mini-batch and scaled by
-        ``world`` so DDP's gradient average equals the one-process gradient."""
+        ``world`` so DDP's gradient average equals the one-process gradient.
+
+        The network runs under autocast (``place.precision``); the losses are computed from
+        float32 copies of its outputs, because the pairwise term multiplies ``u`` by ``VᵀV``,
+        whose entries reach ``n``."""
         p = self.params
         n = len(labels)
         model.train()
@@ -254,22 +277,30 @@ class AHCL(HashingMethod):
             batches = [order[i:i + p.batch_size] for i in range(0, len(order), p.batch_size)]
             parts = [dist.shard_slice(len(b), me, world) for b in batches]
             mine = [b[part] for b, part in zip(batches, parts)]
-            for full, part, idx, x in zip(batches, parts, mine, feeder.batches(mine)):
-                y = torch.from_numpy(labels[idx])
-                u, logits = model(x)
-                v = torch.from_numpy(v_rows(full)[part].astype(np.float32))
+            # Per-item augmentation seeds, drawn only when there is augmentation, so that frozen
+            # features (and unaugmented images) draw exactly what they always did.
+            seeds = ([rng.integers(2**62, size=len(b)) for b in mine] if feeder.augments
+                     else None)
+            for full, part, idx, x in zip(batches, parts, mine,
+                                          feeder.batches(mine, place, train=True, seeds=seeds)):
+                y = place.to_device(torch.from_numpy(labels[idx]))
+                with place.autocast():
+                    u, logits = model(x)
+                u, logits = u.float(), logits.float()
+                v = place.to_device(torch.from_numpy(v_rows(full)[part].astype(np.float32)))
                 pair = pairwise_loss(u, y, stats, r, p.n_bits) / (n * len(full))
                 quant = p.lam * ((v - u) ** 2).sum() / (n * len(full))
                 if not p.gamma:
-                    ce = torch.zeros(())
+                    ce = torch.zeros((), device=u.device)
                 elif world == 1:
                     ce = F.cross_entropy(logits, y)
                 else:
                     ce = F.cross_entropy(logits, y, reduction="sum") / len(full)
                 loss = pair + quant + p.gamma * ce
                 opt.zero_grad(set_to_none=True)
-                (loss * world if world > 1 else loss).backward()
-                opt.step()
+                scaler.scale(loss * world if world > 1 else loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 for key, val in (("loss_pair", pair), ("loss_quant", quant), ("loss_ce", ce),
                                  ("loss", loss)):
                     sums[key] += float(val.detach())
@@ -280,10 +311,16 @@ class AHCL(HashingMethod):
         return {k: v / max(n_batches, 1) for k, v in sums.items()}
 
     @torch.inference_mode()
-    def _outputs(self, net: HashNet, feeder, rows: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def _outputs(self, net: HashNet, feeder, rows: np.ndarray, place: Placement,
+                 batch_size: int = 512) -> np.ndarray:
+        """float32 (len(rows), c) outputs ``u`` of ``rows`` (eval mode, no augmentation)."""
         net.eval()
         batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-        out = [net(x)[0].numpy() for x in feeder.batches(batches)]
+        out = []
+        for x in feeder.batches(batches, place):
+            with place.autocast():
+                u = net(x)[0]
+            out.append(u.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.params.n_bits),
                                                                              np.float32)
 
@@ -291,7 +328,8 @@ class AHCL(HashingMethod):
     def encode_u(self, inputs: Inputs, batch_size: int = 512) -> np.ndarray:
         """Network outputs ``u``: float32 (n, n_bits)."""
         feeder = as_feeder(inputs)
-        return self._outputs(self.net_, feeder, np.arange(len(feeder)), batch_size)
+        return self._outputs(self.net_, feeder, np.arange(len(feeder)),
+                             getattr(self, "placement_", CPU), batch_size)
 
     def encode(self, inputs: Inputs) -> np.ndarray:
         """Query codes ``sign(u)`` (sign(0) = +1), packed uint8 (n, n_bits/8)."""
@@ -372,6 +410,17 @@ class ADSH(AHCL):
                       grid=lr_dropout_grid("lam", (200.0, 50.0)), budget=_ASYMMETRIC_BUDGET,
                       ablates=("ahcl", "the semantic (classification) term"))
     Params = ADSHParams
+
+
+def _check_finite(loss: float, iteration: int, checkpoint: str | Path | None) -> None:
+    """Stop at the first non-finite loss instead of writing useless codes."""
+    if np.isfinite(loss):
+        return
+    kept = (f"; the checkpoint of the last good iteration is kept in {checkpoint}"
+            if checkpoint is not None and Path(checkpoint).exists() else "")
+    raise TrainingDivergedError(
+        f"training diverged: the loss is {loss} at outer iteration {iteration + 1}{kept}; "
+        "lower lr or the loss weights", iteration=iteration + 1, checkpoint=checkpoint)
 
 
 def initial_codes(n: int, n_bits: int, seed: int, rows: slice | None = None,

@@ -18,8 +18,10 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 from torch import nn
 
-from ahcl.errors import AhclError, InvalidValueError, UnknownNameError
-from ahcl.methods.feeders import FeatureFeeder, ImageFeeder, as_feeder
+from ahcl.device import Placement
+from ahcl._checks import check_n_bits
+from ahcl.errors import AhclError, UnknownNameError
+from ahcl.methods.feeders import CPU, FeatureFeeder, ImageFeeder, as_feeder
 
 KINDS = ("asymmetric", "symmetric", "shallow", "classifier")
 #: Model selection tries at most this many settings per method.
@@ -29,6 +31,11 @@ MAX_TRIALS = 8
 DEFAULT_HIDDEN = 512
 
 Inputs = np.ndarray | FeatureFeeder | ImageFeeder
+
+
+class TrainingDivergedError(AhclError, FloatingPointError):
+    """The loss became NaN or infinite; training stopped (``iteration``: 1-based;
+    ``checkpoint``: the file with the last good state, kept for inspection, or ``None``)."""
 
 
 @dataclass(frozen=True)
@@ -70,12 +77,6 @@ def lr_dropout_grid(key: str, values: tuple[Any, ...]) -> tuple[dict[str, Any], 
                  for d in (0.0, 0.5))
 
 
-def check_n_bits(n_bits: int) -> None:
-    """Raise :class:`InvalidValueError` unless ``n_bits`` is a positive multiple of 8."""
-    if n_bits <= 0 or n_bits % 8:
-        raise InvalidValueError("n_bits", n_bits, "a positive multiple of 8")
-
-
 @dataclass
 class FitInputs:
     """What :meth:`HashingMethod.fit` checked and hands to :meth:`HashingMethod._fit`.
@@ -87,6 +88,7 @@ class FitInputs:
         n_classes: K.
         in_dim: the backbone's feature size in finetune mode, else the feature width.
         backbone: the trainable backbone (finetune mode) or ``None``.
+        placement: where the network runs and in what precision.
     """
 
     inputs: Any
@@ -95,6 +97,7 @@ class FitInputs:
     n_classes: int
     in_dim: int
     backbone: nn.Module | None
+    placement: Placement = CPU
 
 
 class HashingMethod(ABC):
@@ -128,7 +131,8 @@ class HashingMethod(ABC):
 
     def fit(self, inputs: Inputs, labels: np.ndarray, *, n_classes: int | None = None,
             backbone: nn.Module | None = None, checkpoint: Any = None,
-            on_iteration: Callable[[dict[str, Any]], None] | None = None) -> "HashingMethod":
+            on_iteration: Callable[[dict[str, Any]], None] | None = None,
+            placement: Placement | None = None) -> "HashingMethod":
         """Check the inputs, then learn the codes of the database items.
 
         Args:
@@ -138,6 +142,8 @@ class HashingMethod(ABC):
             backbone: trainable backbone (finetune mode); ``inputs`` then feeds images.
             checkpoint: file for resumable training (methods that support it; others ignore it).
             on_iteration: called with each iteration's (or epoch's) metrics dict.
+            placement: device and precision of the network (default: CPU, float32); kept as
+                ``placement_`` for :meth:`encode`. Shallow methods run in numpy on the CPU.
 
         Returns:
             ``self``.
@@ -147,7 +153,17 @@ class HashingMethod(ABC):
                 method cannot take (shallow methods take frozen features only).
         """
         data = self._check_inputs(inputs, labels, n_classes, backbone)
+        data.placement = placement or CPU
+        self.placement_ = data.placement
         self._fit(data, checkpoint=checkpoint, on_iteration=on_iteration)
+        return self
+
+    def to(self, placement: Placement) -> "HashingMethod":
+        """Encode on another device or precision from now on (a fitted network moves there)."""
+        self.placement_ = placement
+        net = getattr(self, "net_", None)
+        if net is not None:
+            net.to(placement.device)
         return self
 
     def _check_inputs(self, inputs: Inputs, labels: np.ndarray, n_classes: int | None,

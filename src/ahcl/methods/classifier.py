@@ -71,7 +71,7 @@ class ClassifierCodes(MiniBatchMethod):
         return F.cross_entropy(net(x), y)
 
     def real_codes(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        predicted = net(x).argmax(1).numpy()
+        predicted = net(x).argmax(1).cpu().numpy()
         return torch.from_numpy(self.centers_[predicted].astype(np.float32))
 
     def predict(self, inputs: Any) -> np.ndarray:

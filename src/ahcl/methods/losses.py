@@ -20,8 +20,8 @@ def similarity(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, None] == labels[None, :]).to(torch.float32)
 
 
-def _off_diagonal(b: int) -> torch.Tensor:
-    return ~torch.eye(b, dtype=torch.bool)
+def _off_diagonal(b: int, device: torch.device | None = None) -> torch.Tensor:
+    return ~torch.eye(b, dtype=torch.bool, device=device)
 
 
 def dpsh_loss(u: torch.Tensor, s: torch.Tensor, eta: float) -> torch.Tensor:
@@ -40,7 +40,7 @@ def dpsh_loss(u: torch.Tensor, s: torch.Tensor, eta: float) -> torch.Tensor:
         scalar tensor.
     """
     theta = 0.5 * u @ u.T
-    mask = _off_diagonal(len(u))
+    mask = _off_diagonal(len(u), u.device)
     # softplus(Θ) = log(1 + e^Θ) without overflow for large Θ.
     nll = (F.softplus(theta) - s * theta)[mask].mean()
     b = torch.where(u >= 0, 1.0, -1.0).detach()
@@ -63,7 +63,7 @@ def hashnet_loss(u: torch.Tensor, s: torch.Tensor, alpha: float) -> torch.Tensor
     Returns:
         scalar tensor.
     """
-    mask = _off_diagonal(len(u))
+    mask = _off_diagonal(len(u), u.device)
     ip = alpha * (u @ u.T)
     s_off = s[mask]
     n_pairs = float(s_off.numel())
@@ -90,7 +90,7 @@ def dsh_loss(u: torch.Tensor, s: torch.Tensor, margin: float, alpha: float) -> t
         scalar tensor.
     """
     d2 = ((u[:, None, :] - u[None, :, :]) ** 2).sum(-1)
-    mask = _off_diagonal(len(u))
+    mask = _off_diagonal(len(u), u.device)
     pair = 0.5 * s * d2 + 0.5 * (1 - s) * torch.clamp(margin - d2, min=0)
     return pair[mask].mean() + alpha * (u.abs() - 1).abs().sum(1).mean()
 

@@ -7,15 +7,17 @@ They take the same frozen backbone features as the deep methods (float32 (n, d))
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from ahcl._checks import check_float, check_int, check_n_bits, check_seed
 from ahcl.errors import AhclError
 from ahcl.index.packing import pack_codes
-from ahcl.methods.base import FitInputs, HashingMethod, MethodSpec, check_n_bits
+from ahcl.methods.base import FitInputs, HashingMethod, MethodSpec
 from ahcl.methods.feeders import FeatureFeeder
 
 
@@ -36,6 +38,15 @@ class ShallowParams:
 
     def __post_init__(self) -> None:
         check_n_bits(self.n_bits)
+        check_seed(self.seed)
+        # The subclasses' own settings: counts are integers >= 0, weights finite numbers >= 0.
+        for f in dataclasses.fields(self):
+            if f.name in ("n_bits", "seed"):
+                continue
+            if f.type in ("int", int):
+                check_int(f.name, getattr(self, f.name), 0)
+            elif f.type in ("float", float):
+                check_float(f.name, getattr(self, f.name), lo=0)
 
 
 class ShallowMethod(HashingMethod):

@@ -192,7 +192,8 @@ def code_step(V: np.ndarray, U: np.ndarray, omega: np.ndarray, db_labels: np.nda
 def code_step_shard(V: np.ndarray, row_start: int, U: np.ndarray, omega: np.ndarray,
                     db_labels: np.ndarray, n_classes: int, r: float, lam: float,
                     reduce: Reduce | None, sweeps: int = 1, chunk: int = 8192,
-                    dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    dtype: type = np.float32, device: torch.device | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`code_step` on one process's contiguous block of database rows.
 
     Each process holds only its rows of ``V`` and the outputs of the sampled rows that fall in
@@ -214,6 +215,8 @@ def code_step_shard(V: np.ndarray, row_start: int, U: np.ndarray, omega: np.ndar
         sweeps: passes over all bits.
         chunk: rows per block.
         dtype: arithmetic precision.
+        device: run the bit updates in torch on this device (a GPU; ``None``: numpy on the CPU).
+            The statistics ``M``, ``R`` are summed in float64 on the CPU either way.
 
     Returns:
         ``(V, M, R)``: the updated codes and the reduced statistics (``dtype``).
@@ -223,7 +226,11 @@ def code_step_shard(V: np.ndarray, row_start: int, U: np.ndarray, omega: np.ndar
         raise ValueError("omega holds rows outside this block")
     M, R = omega_stats(U, db_labels[local], n_classes, dtype, reduce)
     ubar_rows, ubar = _ubar(local, U, dtype)
-    code_step_from_stats(V, db_labels, M, R, r, lam, ubar_rows, ubar, sweeps, None, chunk, dtype)
+    if device is None:
+        code_step_from_stats(V, db_labels, M, R, r, lam, ubar_rows, ubar, sweeps, None, chunk,
+                             dtype)
+    else:
+        code_step_from_stats_torch(V, db_labels, M, R, r, lam, ubar_rows, ubar, sweeps, device)
     return V, M, R
 
 
@@ -256,4 +263,45 @@ def code_step_from_stats(V: np.ndarray, db_labels: np.ndarray, M: np.ndarray, R:
                 x = Q[:, k] + 2.0 * (block @ M[:, k] - block[:, k] * diag[k])
                 block[:, k] = np.where(x >= 0, -1.0, 1.0)
         V[start:stop] = block.astype(np.int8)
+    return V
+
+
+def code_step_from_stats_torch(V: np.ndarray, db_labels: np.ndarray, M: np.ndarray,
+                               R: np.ndarray, r: float, lam: float,
+                               ubar_rows: np.ndarray | None = None,
+                               ubar: np.ndarray | None = None, sweeps: int = 1,
+                               device: torch.device | str = "cpu", chunk: int = 1 << 20,
+                               dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """:func:`code_step_from_stats` with the arithmetic in torch on ``device`` (a GPU for large
+    databases): the same bit-by-bit updates in the same order, on blocks of ``chunk`` rows.
+
+    The statistics stay float32 (``dtype``) as in the numpy form; results agree with it except
+    where a bit's argument is within float rounding of 0 (tested equal in float64).
+
+    Returns:
+        ``V`` (int8 (n, c), updated in place).
+    """
+    n, c = V.shape
+    dev = torch.device(device)
+    M_t = torch.as_tensor(np.asarray(M), dtype=dtype, device=dev)
+    R_t = torch.as_tensor(np.asarray(R), dtype=dtype, device=dev)
+    R_all = R_t.sum(0)
+    diag = torch.diagonal(M_t).clone()
+    if ubar_rows is None:
+        ubar_rows, ubar = np.zeros(0, np.int64), np.zeros((0, c), np.float32)
+    labels_t = torch.as_tensor(np.asarray(db_labels, np.int64), device=dev)
+    two_c = 2.0 * c
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        Q = -two_c * ((1.0 + r) * R_t[labels_t[start:stop]] - r * R_all)
+        lo, hi = np.searchsorted(ubar_rows, [start, stop])
+        if hi > lo:
+            local = torch.as_tensor(ubar_rows[lo:hi] - start, device=dev)
+            Q[local] -= 2.0 * lam * torch.as_tensor(ubar[lo:hi], dtype=dtype, device=dev)
+        block = torch.as_tensor(V[start:stop], device=dev).to(dtype)
+        for _ in range(sweeps):
+            for k in range(c):
+                x = Q[:, k] + 2.0 * (block @ M_t[:, k] - block[:, k] * diag[k])
+                block[:, k] = torch.where(x >= 0, -1.0, 1.0)
+        V[start:stop] = block.to(torch.int8).cpu().numpy()
     return V

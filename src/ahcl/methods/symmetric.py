@@ -14,6 +14,7 @@ caller's random state is untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -22,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ahcl.errors import AhclError
+from ahcl._checks import check_choice, check_float, check_int, check_n_bits, check_seed
 from ahcl.index.packing import pack_codes
 from ahcl.methods.base import (DEFAULT_HIDDEN, FitInputs, HashingMethod, Inputs, MethodSpec,
-                               check_n_bits, lr_dropout_grid)
-from ahcl.methods.feeders import as_feeder
+                               TrainingDivergedError, lr_dropout_grid)
+from ahcl.methods.feeders import CPU, as_feeder, fork_rng
 from ahcl.methods.losses import (class_centers, csq_loss, dpsh_loss, dsh_loss, hashnet_loss,
                                  similarity)
 from ahcl.models.heads import HashNet
@@ -64,12 +65,21 @@ class DeepParams:
 
     def __post_init__(self) -> None:
         check_n_bits(self.n_bits)
-        if self.optimizer not in ("sgd", "adam"):
-            raise AhclError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise AhclError("epochs must be >= 1 and batch_size >= 2")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise AhclError("lr must be > 0 and weight_decay >= 0")
+        check_choice("optimizer", self.optimizer, ("sgd", "adam"))
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 2)
+        check_float("lr", self.lr, lo=0, lo_open=True)
+        check_float("weight_decay", self.weight_decay, lo=0)
+        check_int("hidden", self.hidden, 0)
+        check_float("dropout", self.dropout, lo=0, hi=1, hi_open=True)
+        check_seed(self.seed)
+        # The subclasses' own weights: finite and >= 0.
+        for f in dataclasses.fields(self):
+            if f.name not in _SHARED and f.type in ("float", float):
+                check_float(f.name, getattr(self, f.name), lo=0)
+
+
+_SHARED = {f.name for f in dataclasses.fields(DeepParams)}
 
 
 class MiniBatchMethod(HashingMethod):
@@ -109,14 +119,17 @@ class MiniBatchMethod(HashingMethod):
         trainings are short and restart from scratch. ``on_iteration`` gets each epoch's metrics.
         """
         p = self.params
-        feeder, labels, K = data.feeder, data.labels, data.n_classes
+        feeder, labels, K, place = data.feeder, data.labels, data.n_classes, data.placement
         n = len(labels)
         tic = time.perf_counter()
         history: list[dict[str, Any]] = []
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng(place):
             torch.manual_seed(p.seed)
-            net = self.build_net(data.in_dim, K, data.backbone)
+            net = self.build_net(data.in_dim, K, data.backbone).to(place.device)
+            if data.backbone is not None:  # image batches arrive channels_last
+                net.to(memory_format=torch.channels_last)
             self.prepare(labels, K)
+            scaler = torch.amp.GradScaler(place.device.type, enabled=place.precision == "fp16")
             opt = (torch.optim.SGD(net.parameters(), lr=p.lr, momentum=0.9,
                                    weight_decay=p.weight_decay) if p.optimizer == "sgd" else
                    torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay))
@@ -131,13 +144,23 @@ class MiniBatchMethod(HashingMethod):
                 batches = [order[a:b] for a, b in zip(cuts, cuts[1:] + [n])]
                 net.train()
                 total = 0.0
-                for idx, x in zip(batches, feeder.batches(batches)):
-                    loss = self.loss(net, x, torch.from_numpy(labels[idx]), step)
+                seeds = ([rng.integers(2**62, size=len(b)) for b in batches] if feeder.augments
+                         else None)
+                for idx, x in zip(batches, feeder.batches(batches, place, train=True,
+                                                          seeds=seeds)):
+                    y = place.to_device(torch.from_numpy(labels[idx]))
+                    with place.autocast():  # autocast keeps the losses' reductions in float32
+                        loss = self.loss(net, x, y, step)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                     total += float(loss.detach())
                     step += 1
+                if not np.isfinite(total):
+                    raise TrainingDivergedError(
+                        f"training diverged: the loss is {total} in epoch {epoch + 1}; lower lr "
+                        "or the loss weights", iteration=epoch + 1, checkpoint=None)
                 record = {"iteration": epoch, "loss": total / len(batches)}
                 history.append(record)
                 if on_iteration is not None:
@@ -153,10 +176,15 @@ class MiniBatchMethod(HashingMethod):
     def encode_real(self, inputs: Inputs, batch_size: int = 512) -> np.ndarray:
         """float32 (n, n_bits) real codes whose signs are the codes."""
         feeder = as_feeder(inputs)
+        place = getattr(self, "placement_", CPU)
         rows = np.arange(len(feeder))
         batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
         self.net_.eval()
-        out = [self.real_codes(self.net_, x).numpy() for x in feeder.batches(batches)]
+        out = []
+        for x in feeder.batches(batches, place):
+            with place.autocast():
+                real = self.real_codes(self.net_, x)
+            out.append(real.float().cpu().numpy())
         return (np.concatenate(out).astype(np.float32) if out
                 else np.zeros((0, self.params.n_bits), np.float32))
 
@@ -276,5 +304,5 @@ class CSQ(MiniBatchMethod):
         self._centers_t = torch.from_numpy(self.centers_.astype(np.float32))
 
     def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        return csq_loss(net(x)[0], self._centers_t[y], self.params.lam)
+        return csq_loss(net(x)[0], self._centers_t.to(y.device)[y], self.params.lam)
 

@@ -36,6 +36,7 @@ __all__ = [
     "UnknownBackboneError",
     "WeightsUnavailableError",
     "create_backbone",
+    "form_tag",
     "list_backbones",
     "register_backbone",
     "weights_available",
@@ -46,6 +47,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NUM_IMAGENET_CLASSES = 1000
 DEFAULT_WEIGHTS = "IMAGENET1K_V1"
+# Version of the inference form (ahcl.models.inference): bump it whenever a change there changes
+# the numbers, so features cached by the old form are recomputed rather than mixed in.
+INFERENCE_FORM = 1
 
 # The torchvision models we register (and test); AlexNet, VGG and ResNet are the backbones of the
 # AHCL paper and its code, MobileNetV2 the one with offline weights here.
@@ -113,8 +117,15 @@ class Backbone(nn.Module):
 
     @property
     def cache_key(self) -> str:
-        """``name|weights_id|transform_id|feature_dim``: what features computed by this model depend on."""
-        return f"{self.name}|{self.weights_id}|{self.transform_id}|{self.feature_dim}"
+        """The feature-cache key of this model's features as :func:`~ahcl.models.features.
+        extract_features` computes them by default (inference form on the CPU in float32):
+        ``name|weights_id|transform_id|feature_dim|form``, see :meth:`feature_key`."""
+        return self.feature_key(form_tag("cpu", "fp32"))
+
+    def feature_key(self, form: str) -> str:
+        """``name|weights_id|transform_id|feature_dim|form``: what features computed by this model
+        depend on, ``form`` (:func:`form_tag`) saying how the network was run."""
+        return f"{self.name}|{self.weights_id}|{self.transform_id}|{self.feature_dim}|{form}"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features of a batch.
@@ -138,6 +149,18 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, feature_dim={self.feature_dim}, weights_id={self.weights_id!r}"
+
+
+def form_tag(device_type: str, precision: str, compiled: bool = False) -> str:
+    """How features were computed, for cache keys: ``fast<INFERENCE_FORM>-<device>-<precision>``
+    and ``-compiled`` under ``torch.compile``, e.g. ``"fast1-cpu-fp32"``.
+
+    Each of these changes the numbers (BN folding and channels_last by ~1e-6, CUDA's TF32
+    convolutions and bf16/fp16 autocast by far more, inductor's fused kernels in the last bits),
+    so features computed one way are never served for another. Whether BatchNorm could be folded
+    is not in the tag: it is decided by the architecture, which the name and weights already fix.
+    """
+    return f"fast{INFERENCE_FORM}-{device_type}-{precision}" + ("-compiled" if compiled else "")
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:

@@ -7,8 +7,10 @@ knows records, segments, locks and compaction.
 On-disk format, version 1
 -------------------------
 ``<cache_dir>/<backbone name>-<first 16 hex of sha256(cache_key)>/`` holds the features of one
-backbone, where ``cache_key = "name|weights_id|transform_id|feature_dim"`` (see
-:attr:`ahcl.models.backbones.Backbone.cache_key`; ``key.txt`` there spells it out for people). The
+backbone run one way, where ``cache_key = "name|weights_id|transform_id|feature_dim|form"`` and
+``form`` says how the network was run, e.g. ``fast1-cpu-fp32`` (see
+:meth:`ahcl.models.backbones.Backbone.feature_key` and :func:`~ahcl.models.backbones.form_tag`;
+``key.txt`` there spells it out for people). The
 folder holds *segment files* ``seg-<pid>-<uuid>.bin``. Every writer (a process, a
 :class:`FeatureCache`) appends to a segment of its own, so concurrent processes never write to the
 same file; readers merge all segments (the first valid record of a key, in file-name order, wins).
@@ -52,6 +54,7 @@ from ahcl._io import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:  # only for annotations: the store itself never builds a model
     from ahcl.models.backbones import Backbone
+    from ahcl.models.inference import InferenceBackbone
 
 try:  # POSIX only; without it compaction is skipped (writers never share files anyway)
     import fcntl
@@ -133,9 +136,13 @@ class FeatureCache:
         self.n_bad_records = 0
 
     @classmethod
-    def for_backbone(cls, backbone: Backbone,
+    def for_backbone(cls, backbone: Backbone | InferenceBackbone,
                      cache_dir: str | os.PathLike | None = None) -> "FeatureCache":
-        """The cache of ``backbone``'s features under ``cache_dir`` (default :func:`default_cache_dir`)."""
+        """The cache of ``backbone``'s features under ``cache_dir`` (default :func:`default_cache_dir`).
+
+        For an inference form, the features of that form; for a plain ``Backbone``, those of its
+        default form (the CPU in float32), i.e. what ``extract_features(paths, backbone)`` fills.
+        """
         return cls(default_cache_dir() if cache_dir is None else cache_dir, backbone.cache_key,
                    backbone.feature_dim)
 

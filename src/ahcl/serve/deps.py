@@ -6,11 +6,12 @@ from __future__ import annotations
 import hmac
 import re
 from typing import Annotated, Any, Callable, Coroutine
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ahcl.serve.settings import ServeSettings
+from ahcl.serve.settings import ServeSettings, is_loopback
 from ahcl.serve.store import Archive, UnknownItemError
 from ahcl.serve.uploads import UploadError
 
@@ -32,13 +33,30 @@ ArchiveDep = Annotated[Archive, Depends(get_archive)]
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 
 
-async def require_write(settings: SettingsDep, credentials: Annotated[
+async def require_write(request: Request, settings: SettingsDep, credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """Allow a write: the bearer token when one is set, else only an open loopback server.
 
+    Writes also refuse other websites: a request a browser sends from another origin
+    (``Origin`` not this server, ``Sec-Fetch-Site`` cross-site) is 403 whatever the token, and
+    without a token the ``Host`` must be a loopback name, so a page that rebinds its own DNS
+    name to 127.0.0.1 cannot reach the server.
+
     Raises:
-        HTTPException: 401 a missing or wrong token; 403 writes disabled.
+        HTTPException: 401 a missing or wrong token; 403 writes disabled, another origin, or a
+            non-loopback ``Host`` on a tokenless server.
     """
+    host = request.headers.get("host", "")
+    origin = request.headers.get("origin")
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise HTTPException(403, f"writes from another site are refused (Sec-Fetch-Site: "
+                                 f"{site[:30]})")
+    if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+        raise HTTPException(403, "writes from another origin are refused")
+    if settings.writes == "open" and not _is_loopback_host_header(host):
+        raise HTTPException(403, "writes without a token accept only requests addressed to "
+                                 "127.0.0.1, ::1 or localhost")
     if settings.token:
         given = credentials.credentials.strip() if credentials is not None else ""
         if not hmac.compare_digest(given.encode(), settings.token.encode()):
@@ -47,6 +65,12 @@ async def require_write(settings: SettingsDep, credentials: Annotated[
     elif settings.writes == "disabled":
         raise HTTPException(403, "writes are disabled: start the server with --token (or "
                                  "AHCL_TOKEN), or on 127.0.0.1 with --allow-writes")
+
+
+def _is_loopback_host_header(host: str) -> bool:
+    """``127.0.0.1:8000``, ``[::1]:8000``, ``localhost`` → True; any other name → False."""
+    name = urlsplit(f"//{host}").hostname or ""
+    return name == "localhost" or is_loopback(name)
 
 
 async def item_id(item_id: Annotated[str, Path(description="archive item id")]) -> int:

@@ -83,15 +83,19 @@ class Archive:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, source: str | Path, run: str | Path | None = None, **kwargs: Any) -> "Archive":
+    def open(cls, source: str | Path, run: str | Path | None = None, *,
+             run_options: dict[str, Any] | None = None, **kwargs: Any) -> "Archive":
         """Open a run folder or an index file (which needs ``run``) as an archive.
+
+        ``run_options`` go to :func:`ahcl.run.load_run` (``device``, ``precision``, ...).
 
         Raises:
             AhclError: missing run for an index, unreadable files, or mismatched code lengths.
         """
         source = Path(source)
+        run_options = run_options or {}
         if source.is_dir():
-            the_run = load_run(run if run is not None else source)
+            the_run = load_run(run if run is not None else source, **run_options)
             index_path = source / ARCHIVE_INDEX
             if index_path.is_file():
                 index = HammingIndex.load(index_path)
@@ -105,7 +109,7 @@ class Archive:
         if run is None:
             raise AhclError(f"serving the index {source} needs --run RUN, the run that encodes "
                             "queries (or serve the run folder itself)")
-        return cls(load_run(run), HammingIndex.load(source), source,
+        return cls(load_run(run, **run_options), HammingIndex.load(source), source,
                    source.with_suffix(".images"), **kwargs)
 
     # ------------------------------------------------------------------ reading

@@ -105,3 +105,33 @@ def test_rsscn7_has_7_classes_of_300(rsscn7_dir: Path) -> None:
                               "fResident", "gParking"]
     assert len(folder) == 2100 and not folder.skipped
     assert np.bincount(folder.labels).tolist() == [300] * 7
+
+
+def test_symlink_loop_and_decompression_bomb_are_skipped(tmp_path):
+    """One bad file does not break a dataset: a symlink loop and an image over Pillow's bomb
+    limit are skipped with the counted warning (and stop the read with strict=True)."""
+    import os
+    import warnings
+
+    from PIL import Image
+
+    from ahcl.data.folder import read_image_folder
+    from ahcl.errors import DatasetError
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i * 90, 40, 200 if cls == "a" else 10)).save(
+                tmp_path / cls / f"{i}.png")
+    os.symlink(tmp_path / "a" / "loop.png", tmp_path / "a" / "loop.png")
+    Image.new("1", (20000, 20000)).save(tmp_path / "b" / "bomb.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder = read_image_folder(tmp_path)
+    assert sorted(folder.paths) == ["a/0.png", "a/1.png", "b/0.png", "b/1.png"]
+    reasons = dict(folder.skipped)
+    assert "symbolic links" in reasons["a/loop.png"]
+    assert "too large to decode safely" in reasons["b/bomb.png"]
+    assert any("skipped 2 file(s) (2 unreadable, 0 duplicate)" in str(w.message) for w in caught)
+    with pytest.raises(DatasetError, match="strict mode"):
+        read_image_folder(tmp_path, strict=True)

@@ -95,7 +95,7 @@ def list_class_files(root: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         out[entry.name] = sorted(f.name for f in os.scandir(entry.path)
-                                 if _is_image_name(f.name, exts) and f.is_file())
+                                 if _is_image_name(f.name, exts) and _is_file(f))
     return out
 
 
@@ -121,6 +121,15 @@ def list_image_files(root: str | os.PathLike, extensions: Iterable[str] = IMAGE_
         raise DatasetError(f"no image files under {root} (extensions: {', '.join(exts)})",
                            path=root)
     return sorted(found)
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """A regular file, or a link that cannot be followed (a loop, a dangling link): those are
+    listed so that reading them reports them as unreadable instead of dropping them silently."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+    except OSError:
+        return True
 
 
 def _suffixes(extensions: Iterable[str]) -> tuple[str, ...]:

@@ -21,9 +21,10 @@ decided once, here:
 
 Truncated files and non-images raise :class:`ImageReadError` naming the file. Nothing global
 is changed (in particular not ``ImageFile.LOAD_TRUNCATED_IMAGES``): a truncated JPEG is an
-error, never silently grey-padded. Pillow's ``DecompressionBombError`` (an image over twice
-``Image.MAX_IMAGE_PIXELS``) is deliberately let through unchanged, so a server can map it to
-its own answer.
+error, never silently grey-padded. An image Pillow refuses as a decompression bomb (over twice
+``Image.MAX_IMAGE_PIXELS``) raises :class:`ImageTooLargeError`, an ``ImageReadError``, so a
+dataset or a folder of images skips it like any unreadable file and a server can give it its
+own answer.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ _PERCENTILES = (2.0, 98.0)
 
 class ImageReadError(AhclError):
     """An image file cannot be read (not an image, truncated, unsupported)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than can be decoded safely (Pillow's decompression-bomb limit)."""
 
 
 def load_rgb(path: str | os.PathLike, bands: Sequence[int] | None = None,
@@ -83,7 +88,11 @@ def load_rgb(path: str | os.PathLike, bands: Sequence[int] | None = None,
         array = _read_tiff(data)
         if array is not None:
             return Image.fromarray(to_rgb_array(array, bands, name), "RGB")
-    return _read_pillow(data, name, bands)
+    try:
+        return _read_pillow(data, name, bands)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"cannot read image {name}: too large to decode safely ({exc})",
+                                 path=name) from None
 
 
 def to_rgb_array(array: np.ndarray, bands: Sequence[int] | None = None,

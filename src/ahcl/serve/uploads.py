@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import tifffile
 from PIL import Image
 
-from ahcl.data.images import ImageReadError, load_rgb
+from ahcl.data.images import ImageReadError, ImageTooLargeError, load_rgb
 from ahcl.errors import AhclError
 
 _FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp",
@@ -63,7 +63,7 @@ def decode_upload(data: bytes, max_pixels: int) -> Upload:
     suffix = _FORMAT_SUFFIX.get(fmt, ".img")
     try:
         image = load_rgb(f"upload{suffix}", data=data)
-    except Image.DecompressionBombError as exc:
+    except ImageTooLargeError as exc:
         raise UploadError(f"image refused: {exc}", status=400) from None
     except ImageReadError:
         raise UploadError(f"cannot read the {fmt} image (truncated or corrupt?)",

@@ -84,3 +84,14 @@ def synthetic_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                    size=32, seed=0,
                                    classes=["water", "forest", "farmland", "residential",
                                             "roads", "parking"])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16-bit tiny_cnn AHCL run of one outer iteration (read-only: copy it to change it)."""
+    import ahcl
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    ahcl.train(out, data=str(synthetic_scenes), backbone="tiny_cnn", n_bits=16, outer_iters=1,
+               hidden=16, num_workers=0)
+    return out

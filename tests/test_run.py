@@ -15,11 +15,8 @@ from ahcl.errors import RunError
 
 
 @pytest.fixture(scope="module")
-def good_run(synthetic_scenes, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("integrity") / "run"
-    ahcl.train(out, data=str(synthetic_scenes), backbone="tiny_cnn", n_bits=16, outer_iters=1,
-               hidden=16, num_workers=0)
-    return out
+def good_run(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture

@@ -21,11 +21,8 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_run(synthetic_scenes, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("device-run") / "run"
-    ahcl.train(out, data=str(synthetic_scenes), backbone="tiny_cnn", n_bits=16, outer_iters=1,
-               hidden=16, num_workers=0)
-    return out
+def small_run(tiny_run) -> Path:
+    return tiny_run
 
 
 def _one_line_error(capsys, text: str) -> None:

@@ -103,7 +103,8 @@ def test_encoding_leaves_the_trained_network_alone(images, tmp_path):
 
 
 # bfloat16 keeps 8 mantissa bits: a bit flips only where |u| is within ~1% of 0. On these
-# random images and weights ≥ 95% of the bits must agree with float32 (measured: 99-100%).
+# random images and weights ≥ 95% of the bits must agree with float32 (measured: 100%,
+# max |Δu| 0.002).
 BF16_MIN_AGREEMENT = 0.95
 
 
@@ -118,7 +119,7 @@ def test_bf16_autocast_on_the_cpu_agrees_with_fp32(images, tmp_path, finetune):
     agree = (unpack_codes(fp32.encode(images), N_BITS) ==
              unpack_codes(bf16.encode(images), N_BITS)).mean()
     assert agree >= BF16_MIN_AGREEMENT
-    np.testing.assert_allclose(u16, u32, atol=0.05)
+    np.testing.assert_allclose(u16, u32, rtol=0, atol=0.02)
 
 
 def _config(tmp_path: Path, mode: str) -> dict:

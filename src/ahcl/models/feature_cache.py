@@ -138,7 +138,8 @@ class FeatureCache:
     @classmethod
     def for_backbone(cls, backbone: Backbone | InferenceBackbone,
                      cache_dir: str | os.PathLike | None = None) -> "FeatureCache":
-        """The cache of ``backbone``'s features under ``cache_dir`` (default :func:`default_cache_dir`).
+        """The cache of ``backbone``'s features under ``cache_dir`` (default
+        :func:`default_cache_dir`).
 
         For an inference form, the features of that form; for a plain ``Backbone``, those of its
         default form (the CPU in float32), i.e. what ``extract_features(paths, backbone)`` fills.

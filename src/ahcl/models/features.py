@@ -131,8 +131,9 @@ def _stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def extract_features(paths: Sequence[str | os.PathLike], backbone: str | Backbone | InferenceBackbone,
-                     pretrained: bool = True, cache_dir: str | os.PathLike | None = None,
+def extract_features(paths: Sequence[str | os.PathLike],
+                     backbone: str | Backbone | InferenceBackbone, pretrained: bool = True,
+                     cache_dir: str | os.PathLike | None = None,
                      batch_size: int = 32, num_workers: int | None = None,
                      device: str | torch.device | None = None, strict: bool = False, *,
                      placement: Placement | None = None, compile: bool = False) -> np.ndarray:

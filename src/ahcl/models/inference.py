@@ -191,9 +191,9 @@ def _check_compile(placement: Placement) -> None:
                                       device=device, reason="no torch.compile")
     supported = getattr(torch._dynamo, "is_dynamo_supported", lambda: True)
     if not supported():
-        raise CompileUnavailableError(f"--compile: torch {torch.__version__} cannot compile on this "
-                                      "Python or platform; run without --compile", device=device,
-                                      reason="dynamo unsupported")
+        raise CompileUnavailableError(f"--compile: torch {torch.__version__} cannot compile on "
+                                      "this Python or platform; run without --compile",
+                                      device=device, reason="dynamo unsupported")
     if placement.device.type == "cpu" and _cxx() is None:
         raise CompileUnavailableError("--compile on the CPU needs a C++ compiler (g++ or clang++) "
                                       "for inductor's kernels; install one or run without "

@@ -124,8 +124,14 @@ class Run:
             raise RunError(f"{self.method} has no database-code step (only {with_step} do): "
                            "add these images without a label to give them network codes",
                            path=self.path)
-        with np.load(self.path / "code_state.npz", allow_pickle=False) as z:
-            state = CodeState(z["gram_u"], z["class_sums_u"], float(z["r"]), float(z["lam"]))
+        try:
+            with np.load(self.path / "code_state.npz", allow_pickle=False) as z:
+                state = CodeState(z["gram_u"], z["class_sums_u"], float(z["r"]),
+                                  float(z["lam"]))
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise RunError(f"{self.path / 'code_state.npz'} is unreadable "
+                           f"({type(exc).__name__}): the run is damaged",
+                           path=self.path / "code_state.npz") from None
         return pack_codes(code_new_rows(state, labels, self.n_bits))
 
     def search(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Hit]]:
@@ -410,4 +416,7 @@ def read_model(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file
-        raise RunError(f"{path} is unreadable: {exc}".splitlines()[0], path=path) from None
+        # torch's own message suggests weights_only=False; we never unpickle code, so say why.
+        raise RunError(f"{path} is unreadable or holds more than tensors "
+                       f"({type(exc).__name__}); it is only ever loaded as tensors: retrain or "
+                       "restore the run", path=path, reason=type(exc).__name__) from None

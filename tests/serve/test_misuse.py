@@ -214,3 +214,16 @@ def test_token_writes_still_refuse_other_origins(guarded) -> None:
     client, _, _ = guarded
     r = client.delete("/api/items/5", headers={**AUTH, "Origin": "http://evil.example"})
     assert r.status_code == 403
+
+
+@pytest.mark.parametrize("body", [{"id": True}, {"id": 1.0}, {"id": 1, "k": 1.7},
+                                  {"id": "1"}])
+def test_search_ids_and_k_are_strict_integers(guarded, body) -> None:
+    client, _, _ = guarded
+    assert client.post("/api/search", json=body).status_code == 422
+
+
+def test_unknown_id_detail_has_no_stray_quote(guarded) -> None:
+    client, _, _ = guarded
+    r = client.get("/api/items/1e3")
+    assert r.status_code == 404 and r.json()["detail"] == "no archive item has id 1e3"

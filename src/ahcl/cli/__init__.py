@@ -8,6 +8,7 @@ which adds its parser and sets ``func`` to a function ``(args) -> int``. Exit co
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -17,6 +18,9 @@ from ahcl._version import __version__
 from ahcl.cli import (benchmark, datasets, demo, encode, evaluate, index, search, serve,
                       train)
 from ahcl.errors import AhclError
+
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
+                   errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG}
 
 # Verb modules, in the order they appear in --help.
 _VERBS = (datasets, train, evaluate, encode, search, demo, index, serve, benchmark)
@@ -63,3 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # The machine refused a file operation on a path the user gave (disk full, read-only,
+        # no permission): one line, like any user error. Others are bugs: traceback.
+        if args.verbose or exc.errno not in _USER_OS_ERRORS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"ahcl: error: {exc.strerror}{where}", file=sys.stderr)
+        return 1

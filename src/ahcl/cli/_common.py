@@ -5,16 +5,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ahcl.device import PRECISIONS
-from ahcl.errors import InvalidValueError
+from ahcl.errors import AhclError, InvalidValueError
 
 
 def print_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout (the machine-readable result of a verb)."""
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def check_output_file(path: str | None, flag: str) -> None:
+    """Refuse an output path that is a folder (or under a file) before any work is done."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise AhclError(f"{flag} {path} is a folder: give a file name", path=p)
+    parent = next((q for q in p.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise AhclError(f"{flag} {path}: {parent} is a file, not a folder", path=p)
+
+
+def check_output_folder(path: str | None, flag: str) -> None:
+    """Refuse an output folder that is an existing file."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise AhclError(f"{flag} {path} is a file: give a folder", path=Path(path))
 
 
 def add_device_args(p: argparse.ArgumentParser, workers: bool = True) -> None:

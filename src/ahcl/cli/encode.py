@@ -9,7 +9,7 @@ import numpy as np
 
 from ahcl import distributed as dist
 from ahcl._io import atomic_write, atomic_write_text
-from ahcl.cli._common import add_device_args, print_json, run_options
+from ahcl.cli._common import add_device_args, check_output_file, print_json, run_options
 from ahcl.data.folder import list_image_files
 from ahcl.errors import AhclError
 from ahcl.run import load_run
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.out, "--out")
     if bool(args.images) == bool(args.folder):
         raise AhclError("give either IMAGE files or --images DIR")
     images = args.images or list_image_files(args.folder)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ahcl.cli._common import add_device_args, print_json, run_options
+from ahcl.cli._common import add_device_args, check_output_folder, print_json, run_options
 from ahcl.eval.metrics import RetrievalReport
 from ahcl.eval.plots import plot_pr_curve, plot_precision_at_k
 from ahcl.run import load_run
@@ -39,6 +39,7 @@ def format_report(report: RetrievalReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.plots, "--plots")
     r = load_run(args.run, **run_options(args))
     tic = time.perf_counter()
     report = r.evaluate(args.queries)

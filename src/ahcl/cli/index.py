@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ahcl import distributed as dist
-from ahcl.cli._common import add_device_args, print_json, run_options
+from ahcl.cli._common import add_device_args, check_output_file, print_json, run_options
 from ahcl.data.folder import list_image_files
 from ahcl.errors import AhclError, UnknownNameError
 from ahcl.index import HammingIndex
@@ -83,6 +83,7 @@ def info_cmd(args: argparse.Namespace) -> int:
 
 
 def build_cmd(args: argparse.Namespace) -> int:
+    check_output_file(args.out, "--out")
     if args.images is not None:
         return _build_from_images(args)
     run = load_run(args.run, **run_options(args))

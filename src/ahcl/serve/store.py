@@ -47,7 +47,8 @@ class UnknownItemError(AhclError, KeyError):
     """
 
     def __init__(self, item_id: int | str, message: str | None = None) -> None:
-        shown = repr(item_id) if isinstance(item_id, str) else str(item_id)  # np.int64 too
+        # Text from a URL is shown as given (at most 40 characters), never quoted half-way.
+        shown = item_id[:40] if isinstance(item_id, str) else str(item_id)  # np.int64 too
         super().__init__(message or f"no archive item has id {shown}", item_id=item_id)
 
 

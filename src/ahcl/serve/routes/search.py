@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ahcl.index import Hit
 from ahcl.index.packing import unpack_codes
@@ -26,9 +26,11 @@ class SearchById(BaseModel):
     """JSON body of POST /api/search: search from an archive item."""
 
     model_config = ConfigDict(extra="forbid")
-    id: int = Field(description="archive item to search from (left out of its own hits)")
-    k: int = Field(10, ge=1, le=MAX_K, description="number of hits")
-    radius: int | None = Field(None, ge=0, description="only hits within this Hamming distance")
+    # Strict: JSON true is not id 1, and 1.7 is not k = 1.
+    id: StrictInt = Field(description="archive item to search from (left out of its own hits)")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="number of hits")
+    radius: StrictInt | None = Field(None, ge=0,
+                                     description="only hits within this Hamming distance")
 
 
 @router.post("", summary="Search from an archive item",

@@ -227,3 +227,45 @@ def test_unknown_id_detail_has_no_stray_quote(guarded) -> None:
     client, _, _ = guarded
     r = client.get("/api/items/1e3")
     assert r.status_code == 404 and r.json()["detail"] == "no archive item has id 1e3"
+
+
+def test_huge_uploads_are_kept_small_and_decoded_two_at_a_time(monkeypatch) -> None:
+    """A 40-Mpx blank PNG (a few KB) is shrunk right after decoding; a big JPEG decodes at
+    reduced scale; at most two decodes run at once."""
+    import threading
+
+    from ahcl.serve import uploads
+
+    png = png_bytes(Image.new("RGB", (7000, 5700)))
+    assert len(png) < 200_000
+    up = uploads.decode_upload(png, max_pixels=40_000_000)
+    assert max(up.image.size) == uploads.KEPT_SIDE
+    buf = io.BytesIO()
+    Image.new("RGB", (6000, 4000), (90, 120, 30)).save(buf, "JPEG")
+    up = uploads.decode_upload(buf.getvalue(), max_pixels=40_000_000)
+    assert max(up.image.size) == uploads.KEPT_SIDE
+    inside, peak, lock = [0], [0], threading.Lock()
+    original = uploads.load_rgb
+
+    def counting(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        try:
+            import time
+
+            time.sleep(0.05)
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(uploads, "load_rgb", counting)
+    small = png_bytes(Image.new("RGB", (32, 32)))
+    threads = [threading.Thread(target=uploads.decode_upload, args=(small, 10**6))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2

@@ -59,7 +59,7 @@ class ImageTooLargeError(ImageReadError):
 
 
 def load_rgb(path: str | os.PathLike, bands: Sequence[int] | None = None,
-             data: bytes | None = None) -> Image.Image:
+             data: bytes | None = None, draft: int | None = None) -> Image.Image:
     """Open ``path`` and return a fully decoded ``RGB`` PIL image (rules in the module doc).
 
     Args:
@@ -67,6 +67,9 @@ def load_rgb(path: str | os.PathLike, bands: Sequence[int] | None = None,
         bands: three 0-based band indices to use as R, G, B (multi-band images); default
             the first three.
         data: the file's bytes if the caller already read them (avoids a second read).
+        draft: for a JPEG, let the decoder scale down by a power of two while both sides stay
+            at least this many pixels (much less memory for huge photos; other formats decode
+            whole).
 
     Returns:
         A PIL image of mode ``RGB``, size as stored.
@@ -89,7 +92,7 @@ def load_rgb(path: str | os.PathLike, bands: Sequence[int] | None = None,
         if array is not None:
             return Image.fromarray(to_rgb_array(array, bands, name), "RGB")
     try:
-        return _read_pillow(data, name, bands)
+        return _read_pillow(data, name, bands, draft)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"cannot read image {name}: too large to decode safely ({exc})",
                                  path=name) from None
@@ -170,9 +173,12 @@ def _read_tiff(data: bytes) -> np.ndarray | None:
     return array
 
 
-def _read_pillow(data: bytes, name: str, bands: Sequence[int] | None) -> Image.Image:
+def _read_pillow(data: bytes, name: str, bands: Sequence[int] | None,
+                 draft: int | None = None) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB", (draft, draft))
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 return Image.fromarray(to_rgb_array(np.asarray(img), bands, name), "RGB")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from dataclasses import dataclass
 
 import tifffile
@@ -11,6 +12,14 @@ from PIL import Image
 
 from ahcl.data.images import ImageReadError, ImageTooLargeError, load_rgb
 from ahcl.errors import AhclError
+
+#: Uploads are decoded at most this many at a time in one server, whatever the number of
+#: requests or of images in them, so that small files that decode to many pixels (a blank 40-Mpx
+#: PNG is 38 KB) cannot multiply the server's memory.
+DECODES_IN_FLIGHT = threading.BoundedSemaphore(2)
+#: JPEGs decode at reduced scale while both sides keep at least this many pixels, and a decoded
+#: image is shrunk to this longest side before it is kept: the encoder resizes to 256 anyway.
+KEPT_SIDE = 1024
 
 _FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp",
                   "GIF": ".gif"}
@@ -61,16 +70,19 @@ def decode_upload(data: bytes, max_pixels: int) -> Upload:
         raise UploadError(f"image is {width}x{height} = {width * height} pixels, over the limit "
                           f"of {max_pixels}: downscale it first", status=400)
     suffix = _FORMAT_SUFFIX.get(fmt, ".img")
-    try:
-        image = load_rgb(f"upload{suffix}", data=data)
-    except ImageTooLargeError as exc:
-        raise UploadError(f"image refused: {exc}", status=400) from None
-    except ImageReadError:
-        raise UploadError(f"cannot read the {fmt} image (truncated or corrupt?)",
-                          status=400) from None
-    if image.width * image.height > max_pixels:  # e.g. a TIFF series larger than its first page
-        raise UploadError(f"image has {image.width * image.height} pixels, over the limit of "
-                          f"{max_pixels}", status=400)
+    with DECODES_IN_FLIGHT:  # the full-size pixels exist only inside this block
+        try:
+            image = load_rgb(f"upload{suffix}", data=data, draft=KEPT_SIDE)
+        except ImageTooLargeError as exc:
+            raise UploadError(f"image refused: {exc}", status=400) from None
+        except ImageReadError:
+            raise UploadError(f"cannot read the {fmt} image (truncated or corrupt?)",
+                              status=400) from None
+        if image.width * image.height > max_pixels:  # e.g. a TIFF series larger than page 1
+            raise UploadError(f"image has {image.width * image.height} pixels, over the limit "
+                              f"of {max_pixels}", status=400)
+        if max(image.size) > KEPT_SIDE:
+            image.thumbnail((KEPT_SIDE, KEPT_SIDE), Image.Resampling.BILINEAR)
     return Upload(data, image, suffix, hashlib.sha256(data).hexdigest())
 
 

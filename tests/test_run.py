@@ -74,3 +74,9 @@ def test_labels_out_of_range_are_refused(run) -> None:
     (run / "run.json").write_text(json.dumps(info))
     with pytest.raises(RunError, match="labels must be class ids"):
         ahcl.load_run(run)
+
+
+def test_queries_of_one_class_are_a_valid_set(good_run, synthetic_scenes, tmp_path) -> None:
+    shutil.copytree(synthetic_scenes / "forest", tmp_path / "q" / "forest")
+    report = ahcl.load_run(good_run).evaluate(tmp_path / "q", topk=(10,))
+    assert report.n_queries == len(list((tmp_path / "q" / "forest").iterdir()))

@@ -156,7 +156,7 @@ class Run:
             index = {name: i for i, name in enumerate(self.classes)}
             labels = np.array([index[p.split("/")[0]] for p in rel], dtype=np.int64)
             return [str(self.data_root / p) for p in rel], labels
-        qf = read_image_folder(folder)
+        qf = read_image_folder(folder, min_classes=1)  # queries of one class are a valid set
         unknown = sorted(set(qf.classes) - set(self.classes))
         if unknown:
             raise RunError(f"query classes not known to the run: {', '.join(unknown)} "

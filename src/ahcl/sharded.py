@@ -19,12 +19,12 @@ from typing import Sequence
 import numpy as np
 
 from ahcl import distributed as dist
-from ahcl._io import atomic_write
+from ahcl._io import atomic_write, file_digest
 from ahcl._progress import progress
 from ahcl.errors import AhclError
 from ahcl.run import Run
 
-SHARD_FORMAT = 1
+SHARD_FORMAT = 2  # 2: parts carry the digest of their files' contents
 
 
 def list_hash(paths: Sequence[str], salt: str = "") -> str:
@@ -39,13 +39,29 @@ def _part_path(folder: Path, start: int, stop: int) -> Path:
     return folder / f"part-{start:010d}-{stop:010d}.npz"
 
 
-def _read_part(path: Path, start: int, stop: int, width: int) -> np.ndarray | None:
-    """The codes of a finished part, or ``None`` when it is missing or unusable."""
+def _content(paths: Sequence[str]) -> np.ndarray:
+    """sha256 over the sha256 of each file's bytes: uint8 (32,). A part is reused only for the
+    same contents, so an image changed between a crash and the rerun is encoded again."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            h.update(bytes.fromhex(file_digest(p)))
+        except OSError:
+            h.update(b"unreadable:" + os.fsencode(p))  # encoding it will report the file
+    return np.frombuffer(h.digest(), np.uint8)
+
+
+def _read_part(path: Path, start: int, stop: int, width: int,
+               content: np.ndarray | None = None) -> np.ndarray | None:
+    """The codes of a finished part, or ``None`` when it is missing, unusable, or (with
+    ``content``) made from other file contents."""
     try:
         with np.load(path, allow_pickle=False) as z:
             codes = z["codes"]
             ok = (int(z["format"]) == SHARD_FORMAT and int(z["start"]) == start
                   and int(z["stop"]) == stop)
+            if content is not None:
+                ok = ok and np.array_equal(z["content"], content)
     except (OSError, ValueError, KeyError):
         return None
     if not ok or codes.dtype != np.uint8 or codes.shape != (stop - start, width):
@@ -81,13 +97,15 @@ def encode_files_sharded(run: Run, paths: Sequence[str], shard_dir: str | os.Pat
     folder.mkdir(parents=True, exist_ok=True)
     bounds = [(s, min(s + part_size, len(paths))) for s in range(0, len(paths), part_size)]
     mine = [b for i, b in enumerate(bounds) if i % dist.world_size() == dist.rank()]
-    todo = [b for b in mine if _read_part(_part_path(folder, *b), *b, width) is None]
+    contents = {b: _content(paths[b[0]:b[1]]) for b in mine}
+    todo = [b for b in mine
+            if _read_part(_part_path(folder, *b), *b, width, contents[b]) is None]
     for start, stop in progress(todo, total=len(todo), desc=f"encoding (rank {dist.rank()})",
                                 unit="part"):
         codes = run.encode(paths[start:stop])
         with atomic_write(_part_path(folder, start, stop)) as f:
             np.savez(f, codes=codes, start=np.int64(start), stop=np.int64(stop),
-                     format=np.int64(SHARD_FORMAT))
+                     format=np.int64(SHARD_FORMAT), content=contents[(start, stop)])
     dist.barrier()
     if dist.rank() != 0:
         return None

@@ -115,3 +115,28 @@ def test_killed_rank_then_rerun_completes_the_index(trained_run, new_images, tmp
     assert 2 <= len(done) < 8  # rank 1 finished two parts, and the index is not complete
     _ok(torchrun("-m", "ahcl", *args))
     _assert_index_is(index, paths, run.encode(paths))
+
+
+def test_a_changed_image_is_encoded_again_on_rerun(trained_run, new_images, tmp_path):
+    """Parts are reused only for the same file contents: an image rewritten between a crash
+    and the rerun gets its new code."""
+    import shutil
+
+    from PIL import Image
+
+    run = ahcl.load_run(trained_run)
+    folder = tmp_path / "imgs"
+    shutil.copytree(new_images, folder)
+    paths = list_image_files(folder)[:2 * PART]
+    first = encode_files_sharded(run, paths, tmp_path / "shards", part_size=PART)
+    stale = first[3].copy()
+    for noise in range(10):  # a replacement whose code differs from the stale one
+        rng = np.random.default_rng(noise)
+        size = Image.open(paths[3]).size
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(paths[3])
+        if not np.array_equal(run.encode([paths[3]])[0], stale):
+            break
+    again = encode_files_sharded(run, paths, tmp_path / "shards", part_size=PART)
+    assert not np.array_equal(again[3], stale)
+    np.testing.assert_array_equal(again, run.encode(paths))
+    np.testing.assert_array_equal(again[PART:], first[PART:])

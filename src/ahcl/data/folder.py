@@ -149,7 +149,7 @@ def count_images(root: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> in
 
 def read_image_folder(root: str | os.PathLike, strict: bool = False,
                       extensions: Iterable[str] = IMAGE_EXTENSIONS,
-                      check_images: bool = True) -> SceneFolder:
+                      check_images: bool = True, min_classes: int = 2) -> SceneFolder:
     """Read a folder-per-class dataset (rules in the module doc).
 
     Args:
@@ -158,6 +158,8 @@ def read_image_folder(root: str | os.PathLike, strict: bool = False,
         extensions: file endings counted as images (case-insensitive).
         check_images: fully decode every image to catch truncated files (about 0.5 ms per
             256x256 JPEG); False only hashes the files.
+        min_classes: fewest class folders accepted (2 for a training set; a set of labelled
+            queries may hold one class).
 
     Returns:
         The :class:`SceneFolder`.
@@ -172,7 +174,7 @@ def read_image_folder(root: str | os.PathLike, strict: bool = False,
     if not files:
         raise DatasetError(f"no class folders in {root}: expected one sub-folder per class, "
                            "each holding that class's images")
-    if len(files) < 2:
+    if len(files) < min_classes:
         raise DatasetError(f"only one class folder ({next(iter(files))!r}) in {root}: retrieval "
                            "needs at least 2 classes")
     for cls, names in files.items():

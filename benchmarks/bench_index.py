@@ -1,44 +1,85 @@
 """Benchmark of :class:`ahcl.index.HammingIndex` against faiss, measured side by side in one process.
 
-    .venv/bin/python benchmarks/bench_index.py            # full sizes (several minutes)
-    .venv/bin/python benchmarks/bench_index.py --quick    # smaller sizes
-    .venv/bin/python benchmarks/bench_index.py --json     # machine-readable results
+    .venv/bin/python benchmarks/bench_index.py             # full sizes (several minutes)
+    .venv/bin/python benchmarks/bench_index.py --quick     # smaller sizes
+    .venv/bin/python benchmarks/bench_index.py --json      # machine-readable results
+    .venv/bin/python benchmarks/bench_index.py --paths all # every kernel path, not only the chosen
+    .venv/bin/python benchmarks/bench_index.py --isa avx2  # as on a CPU without AVX-512 (see below)
 
-Sections: exact top-k vs ``faiss.IndexBinaryFlat`` (64-bit, 1 thread, k=100; 256-bit, 2 threads,
-k=10 and k=1000) with result checks; multi-index hashing vs the flat scan on clustered codes;
-appending to a saved index and saving again. Each time is the best of ``--repeat`` runs (the
-machine may be shared). faiss is only imported here, never by the library.
+Prints the CPU (model, the SIMD features numba compiles for) and, per case, the kernel path that
+ran (:mod:`ahcl.index.simd`). Sections: exact top-k vs ``faiss.IndexBinaryFlat`` over 1M random
+codes (16, 32, 64, 128 bits, k = 100, 1 thread; 256 bits, k = 10 and 1000, 2 threads), with
+result checks; range search (radius 0, 1, 2) vs faiss; multi-index hashing vs the flat scan on
+clustered codes; appending to a saved index and saving again. Ours and faiss alternate,
+``--repeat`` times each; best and median are reported (the machine may be shared).
+
+Throughput is set against a popcount limit measured here: XOR + popcount of 64-bit words held in
+L1 by one thread, vectorised by LLVM for this CPU (VPOPCNTQ with AVX-512, a nibble lookup with
+AVX2), in 64-bit words per second; a scan of ``W``-word codes can reach at most that over ``W``
+codes per second and thread by popcounting (the ``avx2`` path does not popcount: it counts bit
+planes, and can pass the limit on short codes).
+
+``--isa avx2`` re-runs this script with numba compiling for a Zen 2 CPU without AVX-512
+(``NUMBA_CPU_NAME=znver2``, ``NUMBA_CPU_FEATURES`` = this CPU's minus AVX-512) and faiss on its
+AVX2 code (``FAISS_SIMD_LEVEL=AVX2``): both sides then run the instructions an AVX2-only CPU has,
+on this CPU's cores. faiss is only imported here, never by the library.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numba
 import numpy as np
+from llvmlite import binding as llvm
+from numba import njit
 
-from ahcl.index import HammingIndex
+from ahcl.index import HammingIndex, simd
+from ahcl.index.intrinsics import popcount64
 
 
-def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    best, out = float("inf"), None
+def side_by_side(fns: dict[str, Callable[[], Any]], repeat: int) -> tuple[dict, dict]:
+    """Run each function ``repeat`` times, alternating; returns ``({name: [seconds]}, {name:
+    last result})``."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    out: dict[str, Any] = {}
     for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            out[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return times, out
+
+
+@njit(nogil=True)
+def _xor_popcount(words, q, rounds):
+    s = np.uint64(0)
+    for _ in range(rounds):
+        for j in range(words.shape[0]):
+            s += popcount64(words[j] ^ q)
+        q += np.uint64(1)
+    return s
+
+
+def popcount_limit(rng: np.random.Generator) -> float:
+    """64-bit words XORed and popcounted per second by one thread, on 16 KB in L1."""
+    words = rng.integers(0, 2**63, size=2048, dtype=np.uint64)
+    _xor_popcount(words, np.uint64(1), 1)
+    best = float("inf")
+    for _ in range(5):
         t = time.perf_counter()
-        out = fn()
+        _xor_popcount(words, np.uint64(1), 20000)
         best = min(best, time.perf_counter() - t)
-    return best, out
-
-
-def read_bandwidth(rng: np.random.Generator) -> float:
-    """Single-thread streaming read bandwidth (bytes/s), numpy sum over 256 MB."""
-    a = rng.integers(0, 2**62, size=32 * 2**20, dtype=np.uint64)
-    t, _ = best_time(lambda: np.bitwise_xor.reduce(a), 2)
-    return a.nbytes / t
+    return words.shape[0] * 20000 / best
 
 
 def check_against_faiss(d: np.ndarray, i: np.ndarray, fd: np.ndarray, fi: np.ndarray) -> dict:
@@ -54,32 +95,88 @@ def check_against_faiss(d: np.ndarray, i: np.ndarray, fd: np.ndarray, fi: np.nda
             "ours_ordered_by_distance_id": ordered}
 
 
-def flat_vs_faiss(n: int, nq: int, n_bits: int, ks: list[int], threads: int, repeat: int,
-                  rng: np.random.Generator) -> list[dict]:
+def _timed(index: HammingIndex, path: str, fn: Callable[[HammingIndex], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with simd.use_path(path):
+            return fn(index)
+    return run
+
+
+def flat_vs_faiss(n: int, nq: int, n_bits: int, ks: list[int], threads: int, paths: list[str],
+                  repeat: int, limit: float, rng: np.random.Generator) -> list[dict]:
     import faiss
 
     db = rng.integers(0, 256, size=(n, n_bits // 8), dtype=np.uint8)
     queries = rng.integers(0, 256, size=(nq, n_bits // 8), dtype=np.uint8)
     index = HammingIndex(n_bits, threads=threads)
     index.add(db)
-    index.search(queries[:2], 2)  # compile / load the kernels outside the timing
+    chosen = simd.current_path(n_bits)
+    paths = [chosen] if paths == ["chosen"] else paths
     faiss.omp_set_num_threads(threads)
     reference = faiss.IndexBinaryFlat(n_bits)
     reference.add(db)
+    words = (n_bits + 63) // 64
     rows = []
     for k in ks:
-        ours_s, (d, i) = best_time(lambda: index.search(queries, k), repeat)
-        faiss_s, (fd, fi) = best_time(lambda: reference.search(queries, k), repeat)
-        words = (n_bits + 63) // 64
-        rows.append({
-            "case": f"flat n={n} nq={nq} n_bits={n_bits} k={k} threads={threads}",
-            "ours_s": ours_s, "faiss_s": faiss_s, "speedup_vs_faiss": faiss_s / ours_s,
-            "ours_queries_per_s": nq / ours_s, "faiss_queries_per_s": nq / faiss_s,
-            "codes_scanned_per_s": n * nq / ours_s,
-            "code_bytes_per_s": n * nq * n_bits / 8 / ours_s,
-            "popcounts_per_s": n * nq * words / ours_s,
-            **check_against_faiss(d, i, fd, fi),
-        })
+        fns = {p: _timed(index, p, lambda ix: ix.search(queries, k)) for p in paths}
+        fns["faiss"] = lambda: reference.search(queries, k)
+        for fn in fns.values():  # compile / load the kernels, build the bit planes
+            with simd.use_path(paths[0]):
+                fn()
+        times, out = side_by_side(fns, repeat)
+        fd, fi = out["faiss"]
+        faiss_s = min(times["faiss"])
+        for p in paths:
+            ours_s = min(times[p])
+            d, i = out[p]
+            rows.append({
+                "case": f"flat n={n} nq={nq} n_bits={n_bits} k={k} threads={threads}",
+                "path": p, "chosen_path": chosen, "ours_s": ours_s, "faiss_s": faiss_s,
+                "ours_median_s": statistics.median(times[p]),
+                "faiss_median_s": statistics.median(times["faiss"]),
+                "speedup_vs_faiss": faiss_s / ours_s,
+                "speedup_of_medians": statistics.median(times["faiss"])
+                / statistics.median(times[p]),
+                "codes_per_s_per_thread": n * nq / ours_s / threads,
+                "popcount_limit_codes_per_s_per_thread": limit / words,
+                "share_of_popcount_limit": n * nq / ours_s / threads / (limit / words),
+                "faiss_simd_level": faiss.SIMDConfig.get_level_name(),
+                **check_against_faiss(d, i, fd, fi),
+            })
+    return rows
+
+
+def range_vs_faiss(n: int, nq: int, radii: list[int], repeat: int,
+                   rng: np.random.Generator) -> list[dict]:
+    """64-bit range search; queries are database codes with 0-2 bits flipped, so there are hits."""
+    import faiss
+
+    db = rng.integers(0, 256, size=(n, 8), dtype=np.uint8)
+    flips = np.packbits(rng.random((nq, 64)) < 1.5 / 64, axis=1, bitorder="little")
+    queries = db[rng.integers(0, n, size=nq)] ^ flips
+    index = HammingIndex(64, threads=1)
+    index.add(db)
+    faiss.omp_set_num_threads(1)
+    reference = faiss.IndexBinaryFlat(64)
+    reference.add(db)
+    path = simd.current_path(64)
+    rows = []
+    for radius in radii:
+        fns = {"ours": lambda: index.range_search(queries, radius),
+               # faiss counts distance < radius
+               "faiss": lambda: reference.range_search(queries, radius + 1)}
+        for fn in fns.values():
+            fn()
+        times, out = side_by_side(fns, repeat)
+        (lims, d, i), (flims, fd, fi) = out["ours"], out["faiss"]
+        same = bool(np.array_equal(lims, flims)) and all(
+            sorted(zip(fd[a:b].tolist(), fi[a:b].tolist())) == list(zip(d[a:b].tolist(),
+                                                                         i[a:b].tolist()))
+            for a, b in zip(lims[:-1], lims[1:]))
+        rows.append({"case": f"range n={n} nq={nq} n_bits=64 radius={radius} threads=1",
+                     "path": path, "ours_s": min(times["ours"]), "faiss_s": min(times["faiss"]),
+                     "speedup_vs_faiss": min(times["faiss"]) / min(times["ours"]),
+                     "results": int(lims[-1]), "identical_to_faiss": same})
     return rows
 
 
@@ -104,15 +201,19 @@ def mih_vs_flat(n: int, nq: int, k: int, repeat: int, rng: np.random.Generator) 
     flat.add(db)
     flat.search(queries[:2], k)
     nq_flat = min(nq, 100)
-    flat_s, (fd, fi) = best_time(lambda: flat.search(queries[:nq_flat], k), repeat)
     mih = HammingIndex(64, mih=True)
     mih.add(db)
-    build_s, _ = best_time(lambda: mih.build_mih(), 1)
+    t = time.perf_counter()
+    mih.build_mih()
+    build_s = time.perf_counter() - t
     mih.search(queries[:2], k)
-    mih_s, (md, mi) = best_time(lambda: mih.search(queries, k), repeat)
-    per_flat, per_mih = flat_s / nq_flat, mih_s / nq
+    times, out = side_by_side({"flat": lambda: flat.search(queries[:nq_flat], k),
+                               "mih": lambda: mih.search(queries, k)}, repeat)
+    (fd, fi), (md, mi) = out["flat"], out["mih"]
+    per_flat, per_mih = min(times["flat"]) / nq_flat, min(times["mih"]) / nq
     return {
         "case": f"mih n={n} clustered (1000 centres, p=0.05) n_bits=64 k={k} nq={nq}",
+        "flat_path": simd.current_path(64),
         "flat_ms_per_query": 1e3 * per_flat, "mih_ms_per_query": 1e3 * per_mih,
         "speedup_vs_flat": per_flat / per_mih, "mih_build_s": build_s,
         "mih_memory_added_bytes": mih.mih_nbytes, "codes_bytes": db.nbytes,
@@ -140,43 +241,86 @@ def append_and_resave(base: int, extra: int, rng: np.random.Generator) -> dict:
             "seconds": seconds, "codes_added_per_s": extra / seconds, "reloaded_ok": ok}
 
 
+def avx2_environment() -> dict[str, str]:
+    """Environment for a child run as on an AVX2-only CPU (see the module docstring)."""
+    features = llvm.get_host_cpu_features().flatten().split(",")
+    off = ("avx512", "amx", "avx10", "avxvnni")
+    masked = [("-" + f[1:]) if f.startswith("+") and (f[1:].startswith(off) or f[1:] in (
+        "gfni", "vaes", "vpclmulqdq", "evex512")) else f for f in features]
+    return {**os.environ, "NUMBA_CPU_NAME": "znver2", "NUMBA_CPU_FEATURES": ",".join(masked),
+            "FAISS_SIMD_LEVEL": "AVX2"}
+
+
+def print_results(results: dict[str, Any]) -> None:
+    cpu = results["cpu"]
+    print(f"cpu: {cpu['model']} ({os.cpu_count()} CPUs), numba target {cpu['target_cpu']}, SIMD "
+          f"{' '.join(cpu['simd'])}; kernel path chosen: {cpu['best_path']} (codes of 32 bits or "
+          f"fewer: {cpu['best_path_short']})")
+    limit = results["popcount_limit_words_per_s_1thread"]
+    print(f"popcount limit (XOR + popcount of 64-bit words in L1, one thread): "
+          f"{limit / 1e9:.2f} G words/s")
+    for r in results["flat"]:
+        print(f"{r['case']} [{r['path']}{'' if r['path'] == r['chosen_path'] else ', forced'}]: "
+              f"ours {r['ours_s']:.3f} s, faiss ({r['faiss_simd_level']}) {r['faiss_s']:.3f} s, "
+              f"x{r['speedup_vs_faiss']:.2f} (medians x{r['speedup_of_medians']:.2f}) | "
+              f"{r['codes_per_s_per_thread'] / 1e9:.2f} G codes/s/thread = "
+              f"{r['share_of_popcount_limit']:.2f}x the popcount limit | D equal "
+              f"{r['distances_equal']}, ids<kth equal {r['ids_below_kth_equal']}, (d,id) order "
+              f"{r['ours_ordered_by_distance_id']}")
+    for r in results["range"]:
+        print(f"{r['case']} [{r['path']}]: ours {r['ours_s']:.3f} s, faiss {r['faiss_s']:.3f} s, "
+              f"x{r['speedup_vs_faiss']:.2f}, {r['results']} results, identical "
+              f"{r['identical_to_faiss']}")
+    if "mih" in results:
+        m = results["mih"]
+        print(f"{m['case']}: flat [{m['flat_path']}] {m['flat_ms_per_query']:.3f} ms/query, MIH "
+              f"{m['mih_ms_per_query']:.3f} ms/query, x{m['speedup_vs_flat']:.1f}, identical "
+              f"{m['identical_to_flat']}, build {m['mih_build_s']:.1f} s, memory added "
+              f"{m['mih_memory_added_bytes'] / 1e6:.0f} MB (codes {m['codes_bytes'] / 1e6:.0f} MB)")
+    if "append" in results:
+        a = results["append"]
+        print(f"{a['case']}: {a['seconds']:.2f} s = {a['codes_added_per_s'] / 1e6:.2f} M codes/s, "
+              f"reload ok {a['reloaded_ok']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--paths", choices=["chosen", "all"], default="chosen",
+                        help="time the path chosen for this CPU, or every path")
+    parser.add_argument("--isa", choices=["native", "avx2"], default="native",
+                        help="avx2: run as on a CPU without AVX-512 (a child process)")
+    parser.add_argument("--flat-only", action="store_true", help="skip MIH and append")
     args = parser.parse_args(argv)
+    if args.isa == "avx2":
+        child = [a for a in (argv if argv is not None else sys.argv[1:])
+                 if a not in ("--isa", "avx2", "--isa=avx2")]
+        return subprocess.run([sys.executable, __file__, *child],
+                              env=avx2_environment()).returncode
     rng = np.random.default_rng(args.seed)
     n, nq = (200_000, 300) if args.quick else (1_000_000, 1000)
-    results: dict[str, Any] = {"read_bandwidth_bytes_per_s_1thread": read_bandwidth(rng)}
-    results["flat"] = flat_vs_faiss(n, nq, 64, [100], 1, args.repeat, rng)
-    results["flat"] += flat_vs_faiss(n, nq, 256, [10, 1000], 2, args.repeat, rng)
-    results["mih"] = mih_vs_flat(1_000_000 if args.quick else 10_000_000, 1000, 10,
-                                 args.repeat, rng)
-    results["append"] = append_and_resave(n, 1_000_000, rng)
+    paths = list(simd.PATHS) if args.paths == "all" else ["chosen"]
+    limit = popcount_limit(rng)
+    results: dict[str, Any] = {
+        "cpu": {**simd.cpu_summary(), "best_path_short": simd.best_path(n_bits=32)},
+        "numba_threads": numba.get_num_threads(), "popcount_limit_words_per_s_1thread": limit}
+    results["flat"] = []
+    for n_bits in (16, 32, 64, 128):
+        results["flat"] += flat_vs_faiss(n, nq, n_bits, [100], 1, paths, args.repeat, limit, rng)
+    results["flat"] += flat_vs_faiss(n, nq, 256, [10, 1000], 2, paths, args.repeat, limit, rng)
+    results["range"] = range_vs_faiss(n, nq, [0, 1, 2], args.repeat, rng)
+    if not args.flat_only:
+        results["mih"] = mih_vs_flat(1_000_000 if args.quick else 10_000_000, 1000, 10,
+                                     args.repeat, rng)
+        results["append"] = append_and_resave(n, 1_000_000, rng)
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
-        return 0
-    bw = results["read_bandwidth_bytes_per_s_1thread"]
-    print(f"single-thread read bandwidth (numpy reduce): {bw / 1e9:.1f} GB/s")
-    for r in results["flat"]:
-        print(f"{r['case']}: ours {r['ours_s']:.3f} s, faiss {r['faiss_s']:.3f} s, "
-              f"x{r['speedup_vs_faiss']:.2f} faiss | {r['codes_scanned_per_s'] / 1e9:.2f} G codes/s"
-              f" = {r['code_bytes_per_s'] / 1e9:.1f} GB/s of codes"
-              f" ({r['code_bytes_per_s'] / bw:.1f}x one thread's read bandwidth: tiles are reused"
-              f" from cache, so popcounts bound it: {r['popcounts_per_s'] / 1e9:.2f} G popcounts/s)"
-              f" | D equal {r['distances_equal']}, ids<kth equal {r['ids_below_kth_equal']},"
-              f" (d,id) order {r['ours_ordered_by_distance_id']}")
-    m = results["mih"]
-    print(f"{m['case']}: flat {m['flat_ms_per_query']:.2f} ms/query, MIH "
-          f"{m['mih_ms_per_query']:.3f} ms/query, x{m['speedup_vs_flat']:.1f}, identical "
-          f"{m['identical_to_flat']}, build {m['mih_build_s']:.1f} s, memory added "
-          f"{m['mih_memory_added_bytes'] / 1e6:.0f} MB (codes {m['codes_bytes'] / 1e6:.0f} MB)")
-    a = results["append"]
-    print(f"{a['case']}: {a['seconds']:.2f} s = {a['codes_added_per_s'] / 1e6:.2f} M codes/s, "
-          f"reload ok {a['reloaded_ok']}")
+    else:
+        print_results(results)
     return 0
 
 

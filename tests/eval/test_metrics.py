@@ -342,3 +342,32 @@ def test_eval_does_not_import_torch() -> None:
     code = ("import sys, ahcl.eval, ahcl.eval.plots, ahcl.index.hamming; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_threads_and_blocks_do_not_change_the_report() -> None:
+    # per-query values are summed in query order, whatever the threads and the blocks
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 5, 400)
+    codes = _clustered(rng, 400, 64, labels, 0.3)
+    args = (codes[:150], labels[:150], codes[150:], labels[150:])
+    one = evaluate(*args, threads=1).to_dict()
+    assert evaluate(*args, threads=2).to_dict() == one
+    blocks = evaluate(*args, threads=2, chunk=7).to_dict()
+    assert _flat(blocks) == pytest.approx(_flat(one), rel=1e-12)
+
+
+def test_counting_ranks_match_a_stable_sort_on_wide_ties() -> None:
+    # 24-bit codes from 3 patterns: huge distance bins, where the rank inside a bin decides AP
+    rng = np.random.default_rng(9)
+    patterns = rng.integers(0, 256, (3, 3), dtype=np.uint8)
+    db = patterns[rng.integers(0, 3, 500)]
+    q = patterns[rng.integers(0, 3, 6)]
+    db_labels, q_labels = rng.integers(0, 3, 500), rng.integers(0, 3, 6)
+    rep = evaluate(q, q_labels, db, db_labels, topk=(1, 17, 250))
+    dist = np.unpackbits(q[:, None, :] ^ db[None, :, :], axis=2).sum(axis=2)
+    order = np.argsort(dist, axis=1, kind="stable")  # ties by database index
+    ranked = (db_labels[order] == q_labels[:, None]).tolist()
+    assert rep.map == pytest.approx(np.mean([_ap(r) for r in ranked]), rel=1e-12)
+    for k in (1, 17, 250):
+        assert rep.map_at[k] == pytest.approx(np.mean([_ap(r[:k]) for r in ranked]), rel=1e-12)
+        assert rep.precision_at[k] == pytest.approx(np.mean([sum(r[:k]) / k for r in ranked]))

@@ -39,3 +39,17 @@ def tied_codes(rng: np.random.Generator, n: int, n_bits: int, n_distinct: int) -
     """``uint8 (n, n_bits/8)`` codes drawn from only ``n_distinct`` patterns: many exact ties."""
     patterns = rng.integers(0, 256, size=(max(1, n_distinct), n_bits // 8), dtype=np.uint8)
     return patterns[rng.integers(0, len(patterns), size=n)]
+
+
+def fast_knn(queries: np.ndarray, db: np.ndarray, ids: np.ndarray, k: int,
+             n_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`brute_knn` for large ``db``: numpy XOR + popcount and a lexsort on (distance, id)."""
+    dist = np.stack([np.bitwise_count(q[None, :] ^ db).sum(axis=1, dtype=np.int64)
+                     for q in queries]) if len(db) else np.zeros((len(queries), 0), np.int64)
+    out_d = np.full((len(queries), k), n_bits + 1, dtype=np.int64)
+    out_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for r in range(len(queries)):
+        order = np.lexsort((ids, dist[r]))[:k]
+        out_d[r, :len(order)] = dist[r, order]
+        out_i[r, :len(order)] = ids[order]
+    return out_d, out_i

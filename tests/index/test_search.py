@@ -1,4 +1,8 @@
-"""HammingIndex search, range search, MIH and bookkeeping against brute-force references."""
+"""HammingIndex search, range search, MIH and bookkeeping against brute-force references.
+
+The search and range-search properties run on every kernel path (``ahcl.index.simd.PATHS``),
+forced one at a time: each compiles and runs on any CPU, so each is checked here whatever the CPU.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ahcl.index import HammingIndex, HammingIndexError, pack_codes, search_results
+from ahcl.index import HammingIndex, HammingIndexError, pack_codes, search_results, simd
 from ahcl.index.mih import MultiIndexHash, plan_substrings
 from tests.index._reference import N_BITS, brute_knn, brute_range, tied_codes
 
@@ -35,11 +39,13 @@ def _build(c: dict, mih: bool = False) -> tuple[HammingIndex, np.ndarray, np.nda
     return index, db, ids, queries
 
 
+@pytest.mark.parametrize("path", simd.PATHS)
 @settings(max_examples=60, deadline=None)
-@given(cases)
-def test_search_matches_brute_force(c: dict) -> None:
+@given(c=cases)
+def test_search_matches_brute_force(path: str, c: dict) -> None:
     index, db, ids, queries = _build(c)
-    d, i = index.search(queries, c["k"])
+    with simd.use_path(path):
+        d, i = index.search(queries, c["k"])
     ref_d, ref_i = brute_knn(queries, db, ids, c["k"], c["n_bits"])
     assert d.dtype == np.int32 and i.dtype == np.int64 and d.shape == (len(queries), c["k"])
     np.testing.assert_array_equal(d, ref_d)
@@ -56,11 +62,13 @@ def test_mih_equals_flat(c: dict) -> None:
     np.testing.assert_array_equal(i, ref_i)
 
 
+@pytest.mark.parametrize("path", simd.PATHS)
 @settings(max_examples=40, deadline=None)
-@given(cases, st.integers(-1, 40))
-def test_range_search_matches_brute_force(c: dict, radius: int) -> None:
+@given(c=cases, radius=st.integers(-1, 40))
+def test_range_search_matches_brute_force(path: str, c: dict, radius: int) -> None:
     index, db, ids, queries = _build(c)
-    lims, d, i = index.range_search(queries, radius)
+    with simd.use_path(path):
+        lims, d, i = index.range_search(queries, radius)
     assert lims.dtype == np.int64 and d.dtype == np.int32 and i.dtype == np.int64
     expected = brute_range(queries, db, ids, radius)
     got = [list(zip(d[lims[r]:lims[r + 1]].tolist(), i[lims[r]:lims[r + 1]].tolist()))
@@ -199,8 +207,9 @@ def test_threads_do_not_change_results() -> None:
         np.testing.assert_array_equal(one.search(queries, k)[1], two.search(queries, k)[1])
 
 
+@pytest.mark.parametrize("path", simd.PATHS)
 @pytest.mark.parametrize("n_bits", [24, 64, 256])
-def test_compaction_with_heavy_ties_matches_brute_force(n_bits: int) -> None:
+def test_compaction_with_heavy_ties_matches_brute_force(n_bits: int, path: str) -> None:
     # far more codes than the candidate buffer, so the running bound and tie-by-id pruning run
     rng = np.random.default_rng(n_bits)
     db = tied_codes(rng, 2500, n_bits, 12)
@@ -212,7 +221,8 @@ def test_compaction_with_heavy_ties_matches_brute_force(n_bits: int) -> None:
         index.add(db[1000:], ids=ids[1000:])
         for k in (1, 7, 300):
             ref_d, ref_i = brute_knn(queries, db, ids, k, n_bits)
-            d, i = index.search(queries, k)
+            with simd.use_path(path):
+                d, i = index.search(queries, k)
             np.testing.assert_array_equal(d, ref_d)
             np.testing.assert_array_equal(i, ref_i)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from numba import njit, prange
 
-from ahcl.index import HammingIndex, kernels, mih
+from ahcl.index import HammingIndex, kernels, mih, selection
 from tests.index._reference import brute_knn, brute_range, tied_codes
 
 N_NUMBA = numba.config.NUMBA_NUM_THREADS
@@ -21,9 +21,8 @@ ROUNDS = 25
 N_BITS, RADIUS, K = 64, 26, 15
 
 # Every parallel kernel the index launches, as (module, attribute) the index looks it up by.
-KERNELS = [(kernels, "topk_scan"), (kernels, "topk_finish"), (kernels, "range_count"),
-           (kernels, "range_fill"), (kernels, "sort_ranges"), (mih, "_build"),
-           (mih, "mih_search")]
+KERNELS = [(kernels, "topk_scan"), (selection, "topk_finish"), (kernels, "range_fill"),
+           (kernels, "sort_ranges"), (mih, "_build"), (mih, "mih_search")]
 
 
 @njit(parallel=True, nogil=True)

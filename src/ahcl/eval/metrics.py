@@ -18,18 +18,16 @@ Conventions (every number in :class:`RetrievalReport` follows them):
   distance ``<= r``; precision of an empty retrieved set is 0 (as in DPSH/HashNet's "precision
   within Hamming radius 2"). Both curves are means over all queries.
 
-Cost: per query one popcount pass, one radix argsort (numpy's stable sort of ``uint8``/``uint16``
-distances is a counting sort, O(n)), one label gather and one ``flatnonzero``; everything else
-works on the relevant items only. Queries go in blocks so memory stays bounded. Tie-aware AP, the
-PR curve and radius precision need only per-distance counts of all and of relevant items; the
-counts of all items come out of the sort itself through one marker item per distance.
+Cost: per query one popcount pass over the database and one counting pass in database order
+(:mod:`ahcl.eval.counting`: a relevant item's rank is the number of items in the bins below its
+distance plus those met before it in its own bin), no sort; everything else works on the
+relevant items and the ``n_bits + 1`` distance bins. Queries go in blocks (numba threads), and
+per-query values are summed in query order, so the result does not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -37,12 +35,14 @@ import numpy as np
 
 from ahcl._progress import progress_bar
 from ahcl.errors import AhclError
-from ahcl.index.hamming import as_words, distance_block
+from ahcl.eval.counting import query_stats
+from ahcl.index.kernels import thread_limit
 from ahcl.index.packing import as_packed
 
 DEFAULT_CURVE_KS = (1, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
-# Working memory per block of queries (about 20 bytes per pair): small blocks stay in cache.
-_CHUNK_BYTES = 8 << 20
+# Queries per block: bounds the per-query outputs and, for multi-hot labels, the uint8
+# relevance block (queries x database) to about this many bytes.
+_CHUNK_BYTES = 4 << 20
 
 
 class EvaluationError(AhclError, ValueError):
@@ -158,7 +158,7 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
     if nq == 0 or n == 0 or n_bits == 0:
         raise EvaluationError(f"need at least one query, one database item and 8 bits, got "
                               f"{nq} queries, {n} database items, {n_bits} bits")
-    relevance = _Relevance(query_labels, db_labels, nq, n, n_bits + 1)
+    relevance = _Relevance(query_labels, db_labels, nq, n)
     ks = _check_ks(topk, "topk")
     cks = [k for k in (_check_ks(curve_ks, "curve_ks") if curve_ks is not None
                        else DEFAULT_CURVE_KS) if k <= n]
@@ -167,47 +167,34 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
         raise EvaluationError(f"radius must be >= 0, got {radius}")
 
     if chunk is None:
-        chunk = max(1, _CHUNK_BYTES // (20 * n))
+        chunk = max(1, _CHUNK_BYTES // (n if relevance.multi_hot else 8 * (n_bits + 40)))
     if chunk < 1:
         raise EvaluationError(f"chunk must be >= 1 queries, got {chunk}")
     chunk = min(chunk, nq)
-    qw, dw = as_words(qc), as_words(dc)
-    levels = n_bits + 1
+    qw, dw = _words64(qc), _words64(dc).reshape(-1)
+    acc = _Accumulator(n, n_bits, np.minimum(np.array(ks + cks, dtype=np.int64), n))
     starts = list(range(0, nq, chunk))
-    n_threads = max(1, min(threads if threads is not None else (os.cpu_count() or 1),
-                           len(starts)))
     bar = progress_bar(len(starts), desc="evaluate")
-    lock = threading.Lock()
-
-    def work(my_starts: list[int]) -> _Accumulator:
-        acc = _Accumulator(n, n_bits, np.array(ks + cks, dtype=np.int64))
-        # Each row gets one marker item per distance r (index n + r, distance r) after the
-        # database: the stable sort puts marker r last in bucket r, so the sorted order itself
-        # tells where each bucket ends and no separate histogram pass over all pairs is needed.
-        dist = np.empty((chunk, n + levels), dtype=np.uint8 if n_bits <= 255 else np.uint16)
-        dist[:, n:] = np.arange(levels)
-        scratch = np.empty((chunk, n), dtype=qw.dtype)
-        for start in my_starts:
+    with thread_limit(threads if threads is not None else (os.cpu_count() or 1)):
+        for start in starts:
             stop = min(start + chunk, nq)
-            c = stop - start
-            distance_block(qw[start:stop], dw, dist[:c, :n], scratch[:c])
-            acc.add(c, *relevance.ranked(start, stop, dist[:c]))
-            with lock:
-                bar.update(1)
-        return acc
-
-    # numpy releases the GIL in its popcount, sort and gather loops, so query blocks run in
-    # threads; blocks are dealt round-robin and merged in thread order (deterministic sums).
-    if n_threads == 1:
-        accs = [work(starts)]
-    else:
-        with ThreadPoolExecutor(n_threads) as pool:
-            accs = list(pool.map(work, [starts[i::n_threads] for i in range(n_threads)]))
+            acc.add(*query_stats(qw[start:stop], dw, n_bits, relevance.q_ids[start:stop],
+                                 relevance.db_ids, relevance.block(start, stop),
+                                 acc.ks, acc.harmonic))
+            bar.update(1)
     bar.close()
-    acc = accs[0]
-    for other in accs[1:]:
-        acc.merge(other)
     return acc.report(ks, cks, radius, nq)
+
+
+def _words64(codes: np.ndarray) -> np.ndarray:
+    """``uint64 (n, ceil(n_bits / 64))`` words of packed codes, zero padded."""
+    n, width = codes.shape
+    words = -(-width // 8)
+    if width == 8 * words and codes.flags.c_contiguous and codes.ctypes.data % 8 == 0:
+        return codes.view(np.uint64)
+    padded = np.zeros((n, 8 * words), dtype=np.uint8)
+    padded[:, :width] = codes
+    return padded.view(np.uint64)
 
 
 def _packed(codes: np.ndarray, name: str) -> np.ndarray:
@@ -225,10 +212,9 @@ def _check_ks(ks: Sequence[int], name: str) -> list[int]:
 
 
 class _Relevance:
-    """Relevant items and bucket markers of a block of queries, in ranked order."""
+    """Which database items are relevant to which query: dense class ids, or multi-hot blocks."""
 
-    def __init__(self, query_labels: np.ndarray, db_labels: np.ndarray, nq: int, n: int,
-                 levels: int) -> None:
+    def __init__(self, query_labels: np.ndarray, db_labels: np.ndarray, nq: int, n: int) -> None:
         ql, dl = np.asarray(query_labels), np.asarray(db_labels)
         if ql.ndim != dl.ndim or ql.ndim not in (1, 2):
             raise EvaluationError(f"labels must be int (n,) class ids or multi-hot (n, K), both "
@@ -237,56 +223,34 @@ class _Relevance:
             raise EvaluationError(f"{ql.shape[0]} query labels for {nq} query codes and "
                                   f"{dl.shape[0]} database labels for {n} database codes")
         self.multi_hot = ql.ndim == 2
+        self.q_ids, self.db_ids = np.zeros(nq, np.int32), np.zeros(n, np.int32)
         if self.multi_hot:
             if ql.shape[1] != dl.shape[1]:
                 raise EvaluationError(f"multi-hot labels have {ql.shape[1]} classes for queries "
                                       f"and {dl.shape[1]} for the database")
             # float32 matmul counts shared labels exactly (K < 2**24) and uses BLAS.
             self.ql, self.dl = (ql != 0).astype(np.float32), (dl != 0).astype(np.float32).T
-            self.levels = levels
             return
         if not (np.issubdtype(ql.dtype, np.integer) and np.issubdtype(dl.dtype, np.integer)):
             raise EvaluationError(f"class-id labels must be integers, got {ql.dtype} and "
                                   f"{dl.dtype}; use multi-hot (n, K) for multi-label data")
-        # Dense ids in the smallest dtype keep the per-pair label gather cheap. Query classes
-        # absent from the database get id n_classes (matches nothing); markers get n_classes + 1.
+        # Dense ids; query classes absent from the database get -1 (matches nothing).
         classes, dense = np.unique(dl, return_inverse=True)
-        small = np.min_scalar_type(len(classes) + 1)
         pos = np.searchsorted(classes, ql)
         found = (pos < len(classes)) & (classes[np.minimum(pos, len(classes) - 1)] == ql)
-        self.marker = len(classes) + 1
-        self.dl = np.concatenate([dense, np.full(levels, self.marker)]).astype(small)
-        self.ql = np.where(found, pos, len(classes)).astype(small)
+        self.db_ids = dense.astype(np.int32).reshape(-1)
+        self.q_ids = np.where(found, pos, -1).astype(np.int32)
 
-    def ranked(self, start: int, stop: int, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of relevant items and markers in the stable (distance, index) order.
-
-        Args:
-            start, stop: the query block.
-            dist: ``(c, n + levels)`` distances of the block, the markers in the last columns.
-
-        Returns:
-            ``(flat, is_marker)``: sorted ``int64`` positions ``row * (n + levels) + position``
-            of every relevant item and marker, and ``bool`` flags telling markers apart.
-        """
-        # Stable sort of small unsigned ints is numpy's radix sort: O(n), ties by index.
-        order = np.argsort(dist, axis=1, kind="stable")
-        if self.multi_hot:
-            n = self.dl.shape[1]
-            kind = np.full(dist.shape, 2, dtype=np.uint8)  # 0 other, 1 relevant, 2 marker
-            kind[:, :n] = (self.ql[start:stop] @ self.dl) > 0
-            kind = np.take_along_axis(kind, order, axis=1)
-            flat = np.flatnonzero(kind)
-            return flat, kind.ravel()[flat] == 2
-        label = np.take(self.dl, order)
-        keep = label == self.ql[start:stop, None]
-        keep |= label == self.marker
-        flat = np.flatnonzero(keep)
-        return flat, label.ravel()[flat] == self.marker
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """``uint8 (stop - start, n)`` relevance of a block of queries (multi-hot), else
+        ``(0, 0)``: the kernel compares class ids itself."""
+        if not self.multi_hot:
+            return np.zeros((0, 0), dtype=np.uint8)
+        return ((self.ql[start:stop] @ self.dl) > 0).view(np.uint8)
 
 
 class _Accumulator:
-    """Sums of per-query metrics over blocks of queries."""
+    """Sums of per-query metrics, added block by block in query order."""
 
     def __init__(self, n: int, n_bits: int, ks: np.ndarray) -> None:
         self.n, self.n_bits, self.ks = n, n_bits, ks
@@ -301,78 +265,17 @@ class _Accumulator:
         self.pr_recall = np.zeros(self.levels)
         self.no_relevant = 0
 
-    def merge(self, other: "_Accumulator") -> None:
-        """Add another accumulator's sums (blocks evaluated in another thread)."""
-        for name in ("ap", "ap_tie", "ap_at", "hits_at", "recall_at", "pr_precision",
-                     "pr_recall", "no_relevant"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def add(self, c: int, flat: np.ndarray, is_marker: np.ndarray) -> None:
-        """Add a block of ``c`` queries from :meth:`_Relevance.ranked`."""
-        n, levels = self.n, self.levels
-        rows_all, pos = np.divmod(flat, n + levels)
-        # Markers before an entry in its row = its bucket (distance); every row has `levels`.
-        markers_before = np.cumsum(is_marker) - is_marker - rows_all * levels
-        is_rel = ~is_marker
-        rows, bucket = rows_all[is_rel], markers_before[is_rel]
-        rank = pos[is_rel] - bucket
-        flat = rows * n + rank  # positions without markers, still sorted
-        # Marker r sits after the items at distance <= r and after markers 0..r-1.
-        cum_total = (pos[is_marker] - np.tile(np.arange(levels), c)).reshape(c, levels)
-        total = np.diff(cum_total, axis=1, prepend=0)
-
-        n_rel = np.bincount(rows, minlength=c)
-        first = np.cumsum(n_rel) - n_rel
-        # m-th relevant item (0-based) at 0-based rank p contributes precision (m + 1) / (p + 1).
-        prec = (np.arange(len(flat)) - first[rows] + 1) / (rank + 1)
-        safe_rel = np.maximum(n_rel, 1)
-        self.ap += float(np.sum(np.bincount(rows, prec, minlength=c) / safe_rel))
-        self.no_relevant += int(np.count_nonzero(n_rel == 0))
-
-        # Relevant items within the top k of each row, by binary search in the sorted flat list.
-        row_base = np.arange(c, dtype=np.int64)[:, None] * n
-        upto = np.searchsorted(flat, row_base + np.minimum(self.ks, n)[None, :])
-        hits = upto - first[:, None]
-        cum_prec = np.concatenate([[0.0], np.cumsum(prec)])
-        ap_sum = cum_prec[upto] - cum_prec[first][:, None]
-        self.ap_at += np.sum(np.divide(ap_sum, hits, out=np.zeros_like(ap_sum),
-                                       where=hits > 0), axis=0)
+    def add(self, ap: np.ndarray, tie: np.ndarray, ap_at: np.ndarray, hits: np.ndarray,
+            recall: np.ndarray, pr_p: np.ndarray, pr_r: np.ndarray, n_rel: np.ndarray) -> None:
+        """Add a block's per-query values (:func:`ahcl.eval.counting.query_stats`)."""
+        self.ap += float(ap.sum())
+        self.ap_tie += float(tie.sum())
+        self.ap_at += ap_at.sum(axis=0)
         self.hits_at += hits.sum(axis=0)
-        self.recall_at += np.sum(hits / safe_rel[:, None], axis=0)
-
-        # Per-distance counts of relevant items.
-        rel_count = np.bincount(rows * levels + bucket, minlength=c * levels).reshape(c, levels)
-        cum_rel = np.cumsum(rel_count, axis=1)
-
-        self.ap_tie += float(np.sum(self._tie_aware_sum(total, cum_total, rel_count, cum_rel)
-                                    / safe_rel))
-        self.pr_precision += np.sum(np.divide(cum_rel, cum_total, out=np.zeros(cum_rel.shape),
-                                              where=cum_total > 0), axis=0)
-        self.pr_recall += np.sum(cum_rel / safe_rel[:, None], axis=0)
-
-    def _tie_aware_sum(self, total: np.ndarray, cum_total: np.ndarray, rel_count: np.ndarray,
-                       cum_rel: np.ndarray) -> np.ndarray:
-        """Expected sum of precisions at relevant items, over random orders within each bucket.
-
-        A bucket holds ``t`` items, ``r`` relevant, after ``N`` items (``Rb`` relevant). A
-        relevant item lands at position ``j`` (1..t) with probability 1/t, and then each of the
-        other ``r - 1`` relevant items precedes it with probability ``(j-1)/(t-1)``, so
-
-            E[sum] = (r/t) * sum_j (Rb + 1 + (j-1)(r-1)/(t-1)) / (N + j)
-                   = (r/t) * [(Rb + 1) S + (r-1)/(t-1) * (t - (N+1) S)],
-            S = sum_j 1/(N + j) = H(N + t) - H(N).
-
-        Returns:
-            ``float64 (c,)`` per-query sums (divide by the number of relevant items for AP).
-        """
-        before = cum_total - total
-        rel_before = cum_rel - rel_count
-        s = self.harmonic[cum_total] - self.harmonic[before]
-        t = np.maximum(total, 1)
-        pair = np.divide(rel_count - 1, total - 1, out=np.zeros(total.shape),
-                         where=total > 1)
-        contrib = rel_count / t * ((rel_before + 1) * s + pair * (total - (before + 1) * s))
-        return np.sum(np.where(rel_count > 0, contrib, 0.0), axis=1)
+        self.recall_at += recall.sum(axis=0)
+        self.pr_precision += pr_p.sum(axis=0)
+        self.pr_recall += pr_r.sum(axis=0)
+        self.no_relevant += int(np.count_nonzero(n_rel == 0))
 
     def report(self, ks: list[int], cks: list[int], radius: int, nq: int) -> RetrievalReport:
         n_top = len(ks)

@@ -10,6 +10,11 @@ query's top-k state from one segment to the next. ``remove`` rewrites only the s
 Ids are any unique int64; storage order does not matter because ties are broken on the ids
 themselves. Multi-index hashing (:mod:`ahcl.index.mih`) needs the rows in one block: building it
 merges the segments in memory.
+
+Kernels: :mod:`ahcl.index.kernels` scans, on the path :mod:`ahcl.index.simd` picks for the CPU
+(or the one forced); the ``avx2`` path also keeps each segment's bit planes, built at the first
+search and dropped at the next change. A search with a large ``k`` starts from a bound sampled
+from the database (:meth:`HammingIndex._seed_bounds`), checked afterwards, so it stays exact.
 """
 
 from __future__ import annotations
@@ -21,10 +26,17 @@ import numpy as np
 
 from ahcl.errors import AhclError
 from ahcl.index import format as fmt
-from ahcl.index import kernels
+from ahcl.index import kernels, planes, selection, simd
 from ahcl.index.hits import Hit, hits_from_rows
 from ahcl.index.mih import MultiIndexHash
 from ahcl.index.packing import as_packed
+
+
+SEED_ROWS = 8  # sample rows expected within the k-th distance (see HammingIndex._seed_bounds)
+SEED_RANK = 2.0
+CAP_EXTRA = 512  # candidate buffer: room for at least this many entries beyond k
+RANGE_ROOM = 64  # range search results per query that the first scan keeps,
+RANGE_ROOM_TOTAL = 1 << 22  # and for all queries together
 
 
 class HammingIndexError(AhclError, ValueError):
@@ -214,6 +226,21 @@ class HammingIndex:
     def _segment_words(self) -> list[np.ndarray]:
         return self._cached("words", lambda: [self._words(s.codes) for s in self._segments])
 
+    def _kernel_inputs(self, q: np.ndarray) -> tuple[int, np.ndarray, list[np.ndarray]]:
+        """The calling thread's kernel path, and what it reads besides the rows: query plane
+        masks and per-segment bit planes for ``avx2`` (built on first use and kept until the
+        next change: as much memory again as the codes), empty arrays otherwise."""
+        path = simd.path_code(self.n_bits)
+        if path == simd.AVX2 and self.n_bits < 2**19:
+            n_planes = planes.n_planes(self.n_bits)
+            segs = self._cached("planes", lambda: [
+                planes.to_planes(w, len(s), self.words, n_planes)
+                for s, w in zip(self._segments, self._segment_words())])
+            return path, planes.query_masks(q, n_planes), segs
+        path = simd.POPCNT if path == simd.AVX2 else path
+        empty = np.zeros(0, dtype=np.uint64)
+        return path, np.zeros((q.shape[0], 0), dtype=np.uint64), [empty] * len(self._segments)
+
     def _queries(self, query_codes: np.ndarray) -> np.ndarray:
         q = self._check_codes(query_codes, "query codes")
         return self._words(q).reshape(q.shape[0], self.words)
@@ -272,31 +299,67 @@ class HammingIndex:
                 out_d[todo], out_p[todo], out_i[todo] = d, p, i
         return out_d, out_p, out_i
 
-    def _flat(self, q: np.ndarray, k_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _flat(self, q: np.ndarray, k_out: int, seed: bool = True
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         nq = q.shape[0]
         k = max(1, min(k_out, len(self)))  # buffers sized by what exists, then padded to k_out
-        cap = max(2 * k, k + 4 * kernels.GROUP)
+        cap = max(2 * k, k + CAP_EXTRA)
         buf_d = np.empty((nq, cap), dtype=np.int32)
         buf_p = np.empty((nq, cap), dtype=np.int64)
-        buf_i = np.empty((nq, cap), dtype=np.int64)
         buf_n = np.zeros(nq, dtype=np.int64)
+        buf_h = np.zeros((nq, self.n_bits + 2), dtype=np.int64)
         bound = np.zeros((nq, 2), dtype=np.int64)
         bound[:, 0] = self.n_bits + 1
+        seeded = seed and self._seed_bounds(q, k, bound)
         base = 0
-        for seg, words in zip(self._segments, self._segment_words()):
-            kernels.topk_scan(q, words, np.ascontiguousarray(np.asarray(seg.ids)), base, k, self.n_bits,
-                              buf_d, buf_p, buf_i, buf_n, bound)
+        path, qmasks, seg_planes = self._kernel_inputs(q)
+        qblock, tile = kernels.query_block(nq), kernels.tile_rows(self.words)
+        ids = np.ascontiguousarray(self.ids)
+        tile_min = self._cached(f"tile_min {tile}", lambda: [
+            kernels.tile_min_ids(np.asarray(s.ids), tile) for s in self._segments])
+        for seg, words, bits, lows in zip(self._segments, self._segment_words(), seg_planes,
+                                          tile_min):
+            kernels.topk_scan(path, tile, qblock, q, qmasks, words, bits, ids, lows, base, k,
+                              self.n_bits, buf_d, buf_p, buf_n, buf_h, bound)
             base += len(seg)
         out_d = np.empty((nq, k), dtype=np.int32)
         out_p = np.empty((nq, k), dtype=np.int64)
         out_i = np.empty((nq, k), dtype=np.int64)
-        kernels.topk_finish(k, self.n_bits, buf_d, buf_p, buf_i, buf_n, bound, out_d, out_p, out_i)
+        selection.topk_finish(k, self.n_bits, buf_d, buf_p, buf_n, ids, bound, out_d, out_p,
+                              out_i)
+        missed = np.flatnonzero(buf_n < k) if seeded else np.zeros(0, dtype=np.int64)
+        if missed.shape[0]:  # the sample's bound was below the k-th distance: scan again
+            out_d[missed], out_p[missed], out_i[missed] = self._flat(q[missed], k, seed=False)
         if k < k_out:
             pad = ((0, 0), (0, k_out - k))
             out_d = np.pad(out_d, pad, constant_values=self.n_bits + 1)
             out_p, out_i = np.pad(out_p, pad, constant_values=-1), np.pad(out_i, pad,
                                                                         constant_values=-1)
         return out_d, out_p, out_i
+
+    def _seed_bounds(self, q: np.ndarray, k: int, bound: np.ndarray) -> bool:
+        """Start a large-k search at a bound read from a sample of the largest segment.
+
+        Without it the running bound starts at ``n_bits + 1`` and takes ~``k ln(n / k)``
+        candidates to settle. The sample holds :data:`SEED_ROWS` rows within the k-th distance
+        on average; its ``(SEED_RANK * SEED_ROWS + 2)``-th smallest distance lets about
+        ``SEED_RANK * k`` rows enter. It is too low (fewer than ``k`` rows within it) for about
+        one query in 100; :meth:`_flat` scans those again without a seed. Returns whether it
+        seeded.
+        """
+        n = len(self)
+        if k < 256 or k * k * max(0.0, np.log(n / k) - 2.0) < 2.0 * n:
+            return False  # the sample would cost more than the candidates it saves
+        seg = max(range(len(self._segments)), key=lambda i: len(self._segments[i]))
+        rows = len(self._segments[seg])
+        n_blocks = min(rows // (8 * kernels.GROUP), -(-SEED_ROWS * n // (k * kernels.GROUP)))
+        if n_blocks < 8:
+            return False
+        rank = int(SEED_RANK * (kernels.GROUP * n_blocks * k / n)) + 2
+        bound[:, 0] = kernels.sample_bounds(q, self._segment_words()[seg], n_blocks, rank,
+                                            self.n_bits)
+        bound[:, 1] = kernels.NO_ID
+        return True
 
     def range_search(self, query_codes: np.ndarray, radius: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -314,24 +377,43 @@ class HammingIndex:
         q = self._queries(query_codes)
         radius = int(radius)
         nq = q.shape[0]
-        segs, words = self._segments, self._segment_words()
         with kernels.thread_limit(self.threads):
-            counts = np.zeros(nq, dtype=np.int64)
-            for w in words:
-                counts += kernels.range_count(q, w, radius) if radius >= 0 else 0
+            path, qmasks, seg_planes = self._kernel_inputs(q)
+            qblock, tile = kernels.query_block(nq), kernels.tile_rows(self.words)
+            # one scan with room for a few results per query; queries with more go again
+            per_query = max(1, min(RANGE_ROOM, RANGE_ROOM_TOTAL // max(nq, 1)))
+            room = np.arange(nq + 1, dtype=np.int64) * per_query
+            dist = np.empty(room[-1], dtype=np.int32)
+            pos = np.empty(room[-1], dtype=np.int64)
+            found = self._range_scan(q, radius, path, qmasks, seg_planes, qblock, tile,
+                                     room[:-1].copy(), room[1:], dist, pos) - room[:-1]
             lims = np.zeros(nq + 1, dtype=np.int64)
-            np.cumsum(counts, out=lims[1:])
-            dist = np.empty(lims[-1], dtype=np.int32)
-            pos = np.empty(lims[-1], dtype=np.int64)
-            cursor = lims[:-1].copy()
-            base = 0
-            for seg, w in zip(segs, words):
-                if radius >= 0:
-                    kernels.range_fill(q, w, radius, base, cursor, dist, pos)
-                base += len(seg)
-            ids = self.ids[pos] if pos.shape[0] else np.empty(0, dtype=np.int64)
-            kernels.sort_ranges(lims, self.n_bits, dist, pos, ids)
-        return lims, dist, pos, ids
+            np.cumsum(found, out=lims[1:])
+            kept = np.minimum(found, per_query)
+            within = np.arange(kept.sum()) - np.repeat(np.cumsum(kept) - kept, kept)
+            out_d = np.empty(lims[-1], dtype=np.int32)
+            out_p = np.empty(lims[-1], dtype=np.int64)
+            src, dst = np.repeat(room[:-1], kept) + within, np.repeat(lims[:-1], kept) + within
+            out_d[dst], out_p[dst] = dist[src], pos[src]
+            over = np.flatnonzero(found > per_query)
+            if over.shape[0]:
+                self._range_scan(q[over], radius, path, qmasks[over], seg_planes, qblock, tile,
+                                 lims[over], lims[over + 1], out_d, out_p)
+            ids = self.ids[out_p] if out_p.shape[0] else np.empty(0, dtype=np.int64)
+            kernels.sort_ranges(lims, self.n_bits, out_d, out_p, ids)
+        return lims, out_d, out_p, ids
+
+    def _range_scan(self, q: np.ndarray, radius: int, path: int, qmasks: np.ndarray,
+                    seg_planes: list[np.ndarray], qblock: int, tile: int, offsets: np.ndarray,
+                    limits: np.ndarray, dist: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """:func:`ahcl.index.kernels.range_fill` over every segment; returns ``offsets``."""
+        base = 0
+        for seg, w, bits in zip(self._segments, self._segment_words(), seg_planes):
+            if radius >= 0:
+                kernels.range_fill(path, tile, qblock, q, qmasks, w, bits, self.n_bits, radius,
+                                   base, offsets, limits, dist, pos)
+            base += len(seg)
+        return offsets
 
     # ------------------------------------------------------------------ lookups
     def _positions_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -1,18 +1,24 @@
-"""Compiled Hamming kernels (numba): distances, exact top-k and range search over uint64 words.
+"""Compiled Hamming kernels (numba): exact top-k and range search over uint64 words.
 
-Codes reach the kernels as ``uint64 (n, W)`` words (``W = ceil(n_bits / 64)``, zero padded, so
-padding bits never add distance). Every kernel is ``cache=True`` (compiled once per machine, then
+Codes reach the kernels as flat ``uint64 (n * W,)`` rows (``W = ceil(n_bits / 64)``, zero padded,
+so padding bits never add distance) and, for the ``avx2`` path, also as bit planes
+(:mod:`ahcl.index.planes`). Every kernel is ``cache=True`` (compiled once per machine, then
 loaded from ``__pycache__``) and ``nogil``; the query loops use ``prange``. Callers run them inside
-:func:`thread_limit`, which scopes the thread count to the calling thread and the call.
+:func:`thread_limit`, which scopes the thread count to the calling thread and the call, and pass
+the path code of :func:`ahcl.index.simd.path_code`.
 
-Top-k selection (why no heap): a distance is at most ``n_bits``, so each query keeps a small
-candidate buffer and a running bound. A candidate enters when ``d < bound_d`` or
-``d == bound_d and id < bound_id``. When the buffer is full, a histogram of its distances gives the
-k-th distance ``T``; entries above ``T`` go, and among the entries at ``T`` only the smallest ids are
-kept (so ties are broken by id whatever the storage order), leaving exactly ``k`` entries and the new
-bound ``(T, largest id kept at T)``. The scan computes a tile of distances in a vectorisable loop,
-then rejects groups of 32 whose minimum is above the bound without looking at each element, so
-after the first few thousand codes almost all the work is popcounts.
+Scan: the database goes by in tiles of 2048 rows, each shared by a block of up to 64 queries
+while it is in cache (the ``avx512`` path first copies a tile of codes wider than 64 bits into
+word-major order, once per block, so its vectors hold one word of 8 rows). For each query,
+:func:`tile_masks` marks the rows within the query's running bound, one bit per row (the path's
+vector kernel, :mod:`ahcl.index.intrinsics`), and only marked rows are looked at again: a scalar
+distance, the exact (distance, id) test, and the candidate buffer. Once the bound has settled, a
+tile costs the mask pass and nothing else.
+
+Top-k selection: :mod:`ahcl.index.selection` (a candidate buffer per query and a running bound).
+The mask of a tile uses the bound the query had when the tile started; the bound only tightens,
+so no row that can still enter is missed. Rows of a tile whose ids all exceed the bound's id
+cannot enter at the bound's distance, so that tile is masked one distance lower.
 """
 
 from __future__ import annotations
@@ -23,27 +29,32 @@ from typing import Iterator
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
-TILE = 2048  # database rows per tile: 2048 x W words stay in L1/L2 while a query block reuses them
-QBLOCK = 16  # queries that share a tile (cache reuse across queries)
-GROUP = 32  # rows whose minimum distance is tested before looking at each row
+from ahcl.index.intrinsics import (BS_GROUP, BS_ROWS, bs_mask256, bs_mask256_h0, bs_mask256_h1,
+                                   bs_mask256_h2, bs_mask256_h3, bs_mask256_h4, bs_mask256_h5,
+                                   bs_mask256_h6, bs_mask256_h7, cttz64, popcnt_scalar, prefetch,
+                                   vp_mask64)
+from ahcl.index.selection import compact
+from ahcl.index.simd import AVX2, AVX512
+
+TILE = 2048  # most database rows per tile (see tile_rows)
+TILE_BYTES = 64 << 10  # codes of a tile: in L1/L2 while a block of queries reuses them
+QBLOCK = (16, 64)  # queries that share a tile: at least, at most (see query_block)
+GROUP = 64  # rows per mask word
+NO_ID = np.iinfo(np.int64).max  # bound id that lets every row at the bound's distance in
 
 
-@intrinsic
-def _popcount64(typingctx, x):  # noqa: ARG001 (numba intrinsic signature)
-    """``llvm.ctpop.i64``: one hardware popcount (vectorised to VPOPCNTQ where available)."""
-    sig = types.uint64(types.uint64)
+def tile_rows(w: int) -> int:
+    """Rows per tile for codes of ``w`` words: a multiple of 256 (bit-plane blocks), at most
+    :data:`TILE`, whose codes fit :data:`TILE_BYTES`."""
+    return max(BS_ROWS, min(TILE, TILE_BYTES // (8 * w) // BS_ROWS * BS_ROWS))
 
-    def codegen(context, builder, signature, args):  # noqa: ARG001
-        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64)])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.ctpop.i64")
-        return builder.call(fn, args)
 
-    return sig, codegen
+def query_block(nq: int) -> int:
+    """Queries per block: as many as fit (each block streams the database from memory once),
+    but at least two blocks per thread of the calling thread's numba count, for balance."""
+    return max(QBLOCK[0], min(QBLOCK[1], nq // (2 * numba.get_num_threads())))
 
 
 # Held around kernel calls when numba's threading layer is "workqueue", which aborts the process
@@ -78,248 +89,326 @@ def thread_limit(threads: int | None) -> Iterator[None]:
         yield
 
 
+@njit(cache=True, nogil=True, inline="always")
+def row_distance(q, db, w, j):
+    """Hamming distance of query words ``q`` to row ``j`` of the flat rows ``db`` (scalar)."""
+    row = db[j * w:j * w + w]
+    s = np.uint64(0)
+    for c in range(w):
+        s += popcnt_scalar(q[c] ^ row[c])
+    return np.int64(s)
+
+
 @njit(cache=True, nogil=True)
-def _tile_distances(q, db, w, start, stop, out, t):
-    """``out[j - start] = popcount(q ^ row j)`` for ``j in [start, stop)``; returns how many ``<= t``.
+def _masks_rows(q, db, w, start, stop, t, masks):
+    """Masks of rows ``[start, stop)`` one row at a time with scalar POPCNT: the ``popcnt`` path,
+    and the last rows of a tile that fill no group of 64 on the ``avx512`` path. Returns the OR
+    of the mask words."""
+    any_ = np.uint64(0)
+    for g in range(start, stop, GROUP):
+        m = np.uint64(0)
+        for j in range(g, min(stop, g + GROUP)):
+            m |= np.uint64(row_distance(q, db, w, j) <= t) << np.uint64(j - g)
+        masks[(g - start) // GROUP] = m
+        any_ |= m
+    return any_
 
-    The count comes free with the vectorised loop and lets the top-k scan skip a whole tile.
 
-    ``db`` is the flat ``uint64 (n * w,)`` view of the rows: with a constant stride LLVM vectorises
-    the loop (VPOPCNTQ on AVX-512), which it cannot do through a 2-D array of run-time stride.
-    Indices run from 0 over slices so numba's negative-index wraparound folds away (it blocks
-    vectorisation otherwise).
-    """
-    rows = db[start * w:stop * w]
-    m = stop - start
-    tt = np.uint16(min(t, 65535))
-    hits = np.int64(0)
-    if w == 1:
-        q0 = q[0]
-        for j in range(m):
-            d = np.uint16(_popcount64(q0 ^ rows[j]))
-            out[j] = d
-            hits += d <= tt
-    elif w == 2:
-        q0, q1 = q[0], q[1]
-        for j in range(m):
-            d = np.uint16(_popcount64(q0 ^ rows[2 * j]) + _popcount64(q1 ^ rows[2 * j + 1]))
-            out[j] = d
-            hits += d <= tt
-    elif w == 4:
-        q0, q1, q2, q3 = q[0], q[1], q[2], q[3]
-        for j in range(m):
-            d = np.uint16(
-                _popcount64(q0 ^ rows[4 * j]) + _popcount64(q1 ^ rows[4 * j + 1])
-                + _popcount64(q2 ^ rows[4 * j + 2]) + _popcount64(q3 ^ rows[4 * j + 3]))
-            out[j] = d
-            hits += d <= tt
-    else:
-        for j in range(m):
-            s = np.uint64(0)
-            for c in range(w):
-                s += _popcount64(q[c] ^ rows[w * j + c])
-            d = np.uint16(s)
-            out[j] = d
-            hits += d <= tt
-    return hits
+@njit(cache=True, nogil=True)
+def tile_cols(path, db, w, start, stop, cols):
+    """Prepare a tile for :func:`tile_masks`, once per block of queries: on the ``avx512`` path
+    with ``W > 1``, copy rows ``[start, stop)`` word-major into ``cols`` (word ``c`` of row
+    ``start + i`` at ``cols[c * tile + i]``, ``tile = cols.shape[0] // W``); on the ``avx2``
+    path, which reads bit planes, prefetch the rows, whose distances the hits recompute (a
+    cache miss per hit otherwise)."""
+    if path == AVX2:
+        for i in range(start * w, stop * w, 8):
+            prefetch(db, i)
+    if path != AVX512 or w == 1:
+        return
+    src = db[start * w:stop * w]
+    tile = cols.shape[0] // w
+    for c in range(w):
+        dst = cols[c * tile:c * tile + stop - start]
+        for i in range(stop - start):
+            dst[i] = src[i * w + c]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _any_within(dist, lo, hi, t):
-    """Whether any ``dist[lo:hi] <= t``: a branch-free, vectorised count of a small group."""
-    c = np.uint16(0)
-    tt = np.uint16(t)
-    part = dist[lo:hi]
-    for j in range(hi - lo):
-        c += np.uint16(part[j] <= tt)
-    return c != 0
+def _masks_vpopcnt(q, db, cols, w, start, stop, t, masks):
+    """``avx512``: full groups of 64 rows by :func:`~ahcl.index.intrinsics.vp_mask64`. Returns
+    the OR of the mask words."""
+    full = start + (stop - start) // GROUP * GROUP
+    any_ = np.uint64(0)
+    for g in range(start, full, GROUP):
+        if w == 1:
+            m = vp_mask64(db, 0, g, q, 1, t)
+        else:
+            m = vp_mask64(cols, cols.shape[0] // w, g - start, q, w, t)
+        masks[(g - start) // GROUP] = m
+        any_ |= m
+    if full < stop:
+        any_ |= _masks_rows(q, db, w, full, stop, t, masks[(full - start) // GROUP:])
+    return any_
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def distances(queries, db):
-    """All Hamming distances.
+@njit(cache=True, nogil=True, inline="always")
+def _masks_planes(planes, qmask, n_groups, hi_levels, start, stop, t, masks):
+    """``avx2``: blocks of 256 rows by :func:`~ahcl.index.intrinsics.bs_mask256`; ``start`` is a
+    multiple of 256, rows from ``stop`` on are cleared. Returns the OR of the mask words."""
+    any_ = np.uint64(0)
+    for b in range(0, stop - start, BS_ROWS):
+        blk, at = (start + b) // BS_ROWS, b // GROUP
+        # the counter's width fixed at compile time (registers) for codes up to 2047 bits
+        if hi_levels == 0:
+            any_ |= bs_mask256_h0(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
+        elif hi_levels == 1:
+            any_ |= bs_mask256_h1(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
+        elif hi_levels == 2:
+            any_ |= bs_mask256_h2(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
+        elif hi_levels == 3:
+            any_ |= bs_mask256_h3(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
+        elif hi_levels == 4:
+            any_ |= bs_mask256_h4(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
+        elif hi_levels == 5:
+            any_ |= bs_mask256_h5(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
+        elif hi_levels == 6:
+            any_ |= bs_mask256_h6(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
+        elif hi_levels == 7:
+            any_ |= bs_mask256_h7(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
+        else:
+            any_ |= bs_mask256(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
+    if (stop - start) % BS_ROWS:  # a last, partial block: clear the rows past the end
+        last = (stop - start - 1) // GROUP
+        rest = (stop - start) - last * GROUP
+        masks[last] &= (np.uint64(1) << np.uint64(rest)) - np.uint64(1) if rest < GROUP \
+            else ~np.uint64(0)
+        any_ = np.uint64(0)
+        for i in range(last + 1):
+            any_ |= masks[i]
+    return any_
+
+
+@njit(cache=True, nogil=True, inline="always")
+def tile_masks(path, q, qmask, db, cols, planes, w, n_groups, hi_levels, start, stop, t, masks):
+    """Bit masks of the rows ``[start, stop)`` (at most one tile) within ``t`` of one query.
 
     Args:
-        queries: ``uint64 (nq, W)``.
-        db: ``uint64 (n * W,)`` flat rows.
+        path: :data:`~ahcl.index.simd.POPCNT`, ``AVX2`` or ``AVX512``.
+        q: ``uint64 (W,)`` query words; qmask: its bit-plane masks (``avx2``; else unused).
+        db: ``uint64 (n * W,)`` flat rows; cols: the tile from :func:`tile_cols`; planes: the
+            rows' bit planes (``avx2``; else unused).
+        n_groups, hi_levels: bit-plane geometry (:func:`~ahcl.index.intrinsics.bs_mask256`).
+        t: threshold, ``0 <= t <= n_bits``.
+        masks: ``uint64 (>= ceil((stop - start) / 64),)``; bit ``b`` of word ``i``: row
+            ``start + 64 i + b`` is within ``t``.
 
     Returns:
-        ``uint16 (nq, n)``.
+        The OR of the mask words (0: no row within ``t``).
     """
-    nq, w = queries.shape
-    n = db.shape[0] // w
-    out = np.empty((nq, n), dtype=np.uint16)
-    for i in prange(nq):
-        _tile_distances(queries[i], db, w, 0, n, out[i], 0)
-    return out
+    if path == AVX512:
+        return _masks_vpopcnt(q, db, cols, w, start, stop, t, masks)
+    if path == AVX2:
+        return _masks_planes(planes, qmask, n_groups, hi_levels, start, stop, t, masks)
+    return _masks_rows(q, db, w, start, stop, t, masks)
 
 
-@njit(cache=True, nogil=True)
-def _compact(k, n_bits, cnt, bd, bp, bi, out_bound):
-    """Shrink one query's buffer (``bd`` distances, ``bp`` positions, ``bi`` ids) to ``k`` entries.
-
-    Keeps the ``k`` smallest by (distance, id), in place, returns the new count and writes the new
-    bound ``(T, largest id kept at T)`` into ``out_bound``.
-    """
-    hist = np.zeros(n_bits + 2, dtype=np.int64)
-    for e in range(cnt):
-        hist[bd[e]] += 1
+@njit(cache=True, nogil=True, inline="always")
+def _below(hist, t_d):
+    """Buffer entries with a distance below ``t_d``."""
     below = 0
-    t = 0
-    while below + hist[t] < k:
-        below += hist[t]
-        t += 1
-    need = k - below  # entries to keep at distance t, the smallest ids among hist[t]
-    tie_ids = np.empty(hist[t], dtype=np.int64)
-    m = 0
-    for e in range(cnt):
-        if bd[e] == t:
-            tie_ids[m] = bi[e]
-            m += 1
-    tie_ids.sort()
-    id_t = tie_ids[need - 1]
-    m = 0
-    for e in range(cnt):
-        if bd[e] < t or (bd[e] == t and bi[e] <= id_t):
-            bd[m] = bd[e]
-            bp[m] = bp[e]
-            bi[m] = bi[e]
-            m += 1
-    out_bound[0] = t
-    out_bound[1] = id_t
-    return m
+    for d in range(t_d):
+        below += hist[d]
+    return below
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _take_hits(q, db, w, ids, base, row0, m, k, bd, bp, hist, cnt, t_d, t_id, below):
+    """Test the rows of one mask word against the bound and append those that enter.
+
+    A row is always written and counted only when it enters; its id is read only at a tie. The
+    bound tightens as rows come in: once ``k`` entries lie below ``t_d`` (``below``), the k-th
+    distance is below ``t_d``, so ``t_d`` drops and every row at the new ``t_d`` may enter
+    (``t_id`` = :data:`NO_ID`) until the next compaction makes the bound exact again.
+
+    Returns:
+        ``(cnt, t_d, t_id, below)``.
+    """
+    while m != 0:
+        j = row0 + np.int64(cttz64(m))
+        m &= m - np.uint64(1)
+        d = row_distance(q, db, w, j)
+        enter = d < t_d
+        if d == t_d:
+            enter = t_id == NO_ID or ids[base + j] < t_id
+        bd[cnt] = d
+        bp[cnt] = base + j
+        cnt += enter
+        hist[d] += enter
+        below += enter & (d < t_d)
+        if below >= k:
+            while below >= k:
+                t_d -= 1
+                below -= hist[t_d]
+            t_id = NO_ID
+    return cnt, t_d, t_id, below
 
 
 @njit(cache=True, nogil=True)
-def _scan_block(queries, q_lo, q_hi, db, w, ids, base, k, n_bits, buf_d, buf_p, buf_i, buf_n,
-                bound):
-    """:func:`topk_scan` for queries ``[q_lo, q_hi)``; a plain function so LLVM vectorises it."""
+def _scan_block(path, tile, queries, qmasks, q_lo, q_hi, db, planes, w, n_groups, hi_levels, ids,
+                tile_min, base, k, n_bits, buf_d, buf_p, buf_n, buf_h, bound):
+    """:func:`topk_scan` for queries ``[q_lo, q_hi)``."""
     n = db.shape[0] // w
     cap = buf_d.shape[1]
-    dist = np.empty(TILE, dtype=np.uint16)
-    for start in range(0, n, TILE):
-        stop = min(n, start + TILE)
+    masks = np.empty(tile // GROUP, dtype=np.uint64)
+    cols = np.empty(tile * w if path == AVX512 and w > 1 else 0, dtype=np.uint64)
+    for start in range(0, n, tile):
+        stop = min(n, start + tile)
+        tile_cols(path, db, w, start, stop, cols)
         for qi in range(q_lo, q_hi):
             b = bound[qi]
-            t_d = b[0]
-            if _tile_distances(queries[qi], db, w, start, stop, dist, t_d) == 0:
+            t_d, t_id = b[0], b[1]
+            t = min(t_d if tile_min[start // tile] < t_id else t_d - 1, n_bits)
+            q = queries[qi]
+            if t < 0 or tile_masks(path, q, qmasks[qi], db, cols, planes, w, n_groups, hi_levels,
+                                   start, stop, t, masks) == 0:
                 continue
-            bd, bp, bi = buf_d[qi], buf_p[qi], buf_i[qi]
+            bd, bp, hist = buf_d[qi], buf_p[qi], buf_h[qi]
             cnt = buf_n[qi]
-            t_id = b[1]
-            for g in range(0, stop - start, GROUP):
-                g_hi = min(stop - start, g + GROUP)
-                if not _any_within(dist, g, g_hi, t_d):
+            below = _below(hist, t_d)
+            for mw in range((stop - start + GROUP - 1) // GROUP):
+                if masks[mw] == 0:
                     continue
                 if cnt + GROUP > cap:
-                    cnt = _compact(k, n_bits, cnt, bd, bp, bi, b)
-                    t_d = b[0]
-                    t_id = b[1]
-                for j in range(g, g_hi):
-                    d = np.int64(dist[j])
-                    if d < t_d or (d == t_d and ids[start + j] < t_id):
-                        bd[cnt] = d
-                        bp[cnt] = base + start + j
-                        bi[cnt] = ids[start + j]
-                        cnt += 1
+                    cnt = compact(k, n_bits, cnt, bd, bp, ids, b, hist)
+                    t_d, t_id = b[0], b[1]
+                    below = _below(hist, t_d)
+                cnt, t_d, t_id, below = _take_hits(q, db, w, ids, base, start + mw * GROUP,
+                                                   masks[mw], k, bd, bp, hist, cnt, t_d, t_id,
+                                                   below)
             buf_n[qi] = cnt
+            b[0], b[1] = t_d, t_id
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def topk_scan(queries, db, ids, base, k, n_bits, buf_d, buf_p, buf_i, buf_n, bound):
+def topk_scan(path, tile, qblock, queries, qmasks, db, planes, ids, tile_min, base, k, n_bits,
+              buf_d, buf_p, buf_n, buf_h, bound):
     """Feed one segment of the database into every query's top-k state.
 
     Args:
-        queries: ``uint64 (nq, W)``.
-        db: ``uint64 (n * W,)`` segment codes, flat rows.
-        ids: ``int64 (n,)`` segment ids (any order, unique across segments).
+        path: kernel path code (:func:`ahcl.index.simd.path_code`).
+        tile: rows per tile (:func:`tile_rows`); qblock: queries per block (:func:`query_block`).
+        queries: ``uint64 (nq, W)``; qmasks: ``uint64 (nq, planes)`` from
+            :func:`ahcl.index.planes.query_masks` (``avx2``; else any ``(nq, 0)`` array).
+        db: ``uint64 (n * W,)`` segment codes, flat rows; planes: their bit planes
+            (:func:`ahcl.index.planes.to_planes`, ``avx2``; else an empty array).
+        ids: ``int64 (N,)`` ids of all positions of the index (any order, unique).
+        tile_min: ``int64 (ceil(n / tile),)`` smallest id of each tile (:func:`tile_min_ids`).
         base: global position of the segment's first row.
         k: number of neighbours, ``>= 1``.
         n_bits: code length (histogram size).
-        buf_d, buf_p, buf_i: ``int32 / int64 / int64 (nq, cap)`` candidate buffers, ``cap >= k + GROUP``.
+        buf_d, buf_p: ``int32 / int64 (nq, cap)`` candidate buffers, ``cap >= k + 64``.
         buf_n: ``int64 (nq,)`` buffer fill.
-        bound: ``int64 (nq, 2)`` running bound ``(distance, id)``; start at ``(n_bits + 1, 0)``.
+        buf_h: ``int64 (nq, n_bits + 2)`` histogram of the distances in each buffer; start at 0.
+        bound: ``int64 (nq, 2)`` running bound ``(distance, id)``; start at ``(n_bits + 1, 0)``,
+            or at ``(T, NO_ID)`` for a ``T`` known to be at least the k-th distance.
     """
     nq, w = queries.shape
-    n_blocks = (nq + QBLOCK - 1) // QBLOCK
-    for blk in prange(n_blocks):
-        q_lo = blk * QBLOCK
-        _scan_block(queries, q_lo, min(nq, q_lo + QBLOCK), db, w, ids, base, k, n_bits,
-                    buf_d, buf_p, buf_i, buf_n, bound)
+    n_groups, hi_levels = _plane_geometry(qmasks.shape[1], n_bits)
+    for blk in prange((nq + qblock - 1) // qblock):
+        q_lo = blk * qblock
+        _scan_block(path, tile, queries, qmasks, q_lo, min(nq, q_lo + qblock), db, planes, w,
+                    n_groups, hi_levels, ids, tile_min, base, k, n_bits, buf_d, buf_p, buf_n,
+                    buf_h, bound)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sample_bounds(queries, db, n_blocks, rank, n_bits):
+    """Per query, the ``rank``-th smallest distance (1-based) to a sample of ``64 n_blocks`` rows
+    of ``db`` (blocks of 64 consecutive rows, evenly spaced): ``int64 (nq,)``.
+
+    It bounds the k-th distance over all rows only if the sample has ``k`` rows within it; the
+    caller uses it as a starting bound and checks that ``k`` candidates were found.
+    """
+    nq, w = queries.shape
+    n = db.shape[0] // w
+    stride = n // n_blocks
+    out = np.empty(nq, dtype=np.int64)
+    for qi in prange(nq):
+        hist = np.zeros(n_bits + 1, dtype=np.int64)
+        q = queries[qi]
+        for b in range(n_blocks):
+            for j in range(b * stride, b * stride + GROUP):
+                hist[row_distance(q, db, w, j)] += 1
+        t, seen = 0, hist[0]
+        while seen < rank and t < n_bits:
+            t += 1
+            seen += hist[t]
+        out[qi] = t
+    return out
+
+
+def tile_min_ids(ids: np.ndarray, tile: int) -> np.ndarray:
+    """``int64 (ceil(n / tile),)``: the smallest id of each tile of ``tile`` rows."""
+    if ids.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.minimum.reduceat(ids, np.arange(0, ids.shape[0], tile))
 
 
 @njit(cache=True, nogil=True)
-def finish_one(k, n_bits, cnt, bd, bp, bi, bound, out_d, out_p, out_i):
-    """Write one query's ``k`` best buffer entries to ``out_* (k,)`` in (distance, id) order.
-
-    Padding (fewer than ``k`` candidates): distance ``n_bits + 1``, position and id ``-1``.
-    """
-    if cnt > k:
-        cnt = _compact(k, n_bits, cnt, bd, bp, bi, bound)
-    # sort by id, then a stable counting sort by distance: (distance, id) order
-    order = np.argsort(bi[:cnt], kind="mergesort")
-    hist = np.zeros(n_bits + 2, dtype=np.int64)
-    for e in range(cnt):
-        hist[bd[e] + 1] += 1
-    for t in range(1, n_bits + 2):
-        hist[t] += hist[t - 1]
-    for e in order:
-        r = hist[bd[e]]
-        hist[bd[e]] += 1
-        out_d[r] = bd[e]
-        out_p[r] = bp[e]
-        out_i[r] = bi[e]
-    for r in range(cnt, k):
-        out_d[r] = n_bits + 1
-        out_p[r] = -1
-        out_i[r] = -1
+def _plane_geometry(planes, n_bits):
+    """``(n_groups, hi_levels)`` of :func:`~ahcl.index.intrinsics.bs_mask256`."""
+    length = 0
+    while (1 << length) <= n_bits:
+        length += 1
+    return planes // BS_GROUP, max(0, length - 4)
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def topk_finish(k, n_bits, buf_d, buf_p, buf_i, buf_n, bound, out_d, out_p, out_i):
-    """:func:`finish_one` for every query: ``out_* (nq, k)``."""
-    for qi in prange(buf_d.shape[0]):
-        finish_one(k, n_bits, buf_n[qi], buf_d[qi], buf_p[qi], buf_i[qi], bound[qi],
-                   out_d[qi], out_p[qi], out_i[qi])
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def range_count(queries, db, radius):
-    """``int64 (nq,)``: how many rows of ``db`` lie within ``radius`` of each query."""
-    nq, w = queries.shape
+@njit(cache=True, nogil=True)
+def _range_block(path, tile, queries, qmasks, q_lo, q_hi, db, planes, n_bits, radius, base,
+                 offsets, limits, out_d, out_p):
+    """:func:`range_fill` for queries ``[q_lo, q_hi)``."""
+    w = queries.shape[1]
     n = db.shape[0] // w
-    counts = np.zeros(nq, dtype=np.int64)
-    for qi in prange(nq):
-        dist = np.empty(TILE, dtype=np.uint16)
-        c = 0
-        for start in range(0, n, TILE):
-            stop = min(n, start + TILE)
-            c += _tile_distances(queries[qi], db, w, start, stop, dist, radius)
-        counts[qi] = c
-    return counts
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def range_fill(queries, db, radius, base, offsets, out_d, out_p):
-    """Write the (distance, position) of rows within ``radius`` at ``offsets[qi]`` onwards.
-
-    ``offsets``: ``int64 (nq,)`` write cursors (advanced in place), scan order within each query.
-    """
-    nq, w = queries.shape
-    n = db.shape[0] // w
-    for qi in prange(nq):
-        dist = np.empty(TILE, dtype=np.uint16)
-        o = offsets[qi]
-        for start in range(0, n, TILE):
-            stop = min(n, start + TILE)
-            if _tile_distances(queries[qi], db, w, start, stop, dist, radius) == 0:
+    n_groups, hi_levels = _plane_geometry(qmasks.shape[1], n_bits)
+    t = min(radius, n_bits)
+    masks = np.empty(tile // GROUP, dtype=np.uint64)
+    cols = np.empty(tile * w if path == AVX512 and w > 1 else 0, dtype=np.uint64)
+    for start in range(0, n, tile):
+        stop = min(n, start + tile)
+        tile_cols(path, db, w, start, stop, cols)
+        for qi in range(q_lo, q_hi):
+            q = queries[qi]
+            if tile_masks(path, q, qmasks[qi], db, cols, planes, w, n_groups, hi_levels, start,
+                          stop, t, masks) == 0:
                 continue
-            for j in range(stop - start):
-                if dist[j] <= radius:
-                    out_d[o] = dist[j]
-                    out_p[o] = base + start + j
+            o, end = offsets[qi], limits[qi]
+            for mw in range((stop - start + GROUP - 1) // GROUP):
+                m = masks[mw]
+                while m != 0:
+                    j = start + mw * GROUP + np.int64(cttz64(m))
+                    m &= m - np.uint64(1)
+                    if o < end:
+                        out_d[o] = row_distance(q, db, w, j)
+                        out_p[o] = base + j
                     o += 1
-        offsets[qi] = o
+            offsets[qi] = o
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def range_fill(path, tile, qblock, queries, qmasks, db, planes, n_bits, radius, base, offsets,
+               limits, out_d, out_p):
+    """Rows within ``radius >= 0`` of each query: ``(distance, global position)`` written at
+    ``offsets[qi]`` onwards, in scan order, while below ``limits[qi]``.
+
+    ``offsets`` advance past every row found, written or not, so a first call with a small
+    room per query both fills it and counts what did not fit. Other arguments as in
+    :func:`topk_scan`.
+    """
+    nq = queries.shape[0]
+    for blk in prange((nq + qblock - 1) // qblock):
+        _range_block(path, tile, queries, qmasks, blk * qblock, min(nq, (blk + 1) * qblock), db,
+                     planes, n_bits, radius, base, offsets, limits, out_d, out_p)
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -10,9 +10,11 @@ code within ``m * rho + i`` has been seen. The search stops as soon as the ``k``
 is within that guaranteed radius, so every code at the k-th distance is a candidate and ties are
 broken by id exactly as in the flat scan: the results are identical.
 
-A duplicate (a row met again through another table) is recognised from its substring distances,
-without a visited set: a row was met earlier iff some substring is closer than ``rho``, or an
-earlier table's substring is at exactly ``rho``.
+A probed bucket is read 64 rows at a time, and only the rows within the running bound (a mask
+from the flat scan's vector popcount, :func:`~ahcl.index.intrinsics.vp_mask64`) are looked at
+further. A duplicate (a row met again through another table) is recognised from its substring
+distances, without a visited set: a row was met earlier iff some substring is closer than
+``rho``, or an earlier table's substring is at exactly ``rho``.
 
 A query whose work (buckets probed + candidates) passes ``budget`` (a fraction of ``n``) stops and
 returns ``False`` so the caller scans it flat instead: MIH never costs much more than a scan, even
@@ -30,7 +32,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ahcl.index.kernels import _compact, _popcount64, finish_one
+from ahcl.index.intrinsics import cttz64, vp_mask64
+from ahcl.index.intrinsics import popcount64 as _popcount64
+from ahcl.index.kernels import GROUP, row_distance
+from ahcl.index.selection import compact, finish_one
 
 
 def plan_substrings(n_bits: int, n: int, width: int | None = None) -> np.ndarray:
@@ -82,6 +87,22 @@ def _build(db, w, subs):
     return perms, offsets, codes
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _bucket_mask(q, rows, w, n, lo, hi, t):
+    """Mask of the bucket rows ``[lo, hi)`` (at most 64) within ``t`` of ``q``: 64-bit codes by
+    :func:`~ahcl.index.intrinsics.vp_mask64` (the vector popcount of the flat scan; the rows
+    after ``hi`` it reads are masked off), others one row at a time."""
+    if w == 1 and lo + GROUP <= n:
+        m = vp_mask64(rows, 0, lo, q, 1, t)
+        if hi - lo < GROUP:
+            m &= (np.uint64(1) << np.uint64(hi - lo)) - np.uint64(1)
+        return m
+    m = np.uint64(0)
+    for e in range(lo, hi):
+        m |= np.uint64(row_distance(q, rows, w, e) <= t) << np.uint64(e - lo)
+    return m
+
+
 @njit(cache=True, nogil=True)
 def _search_one(q, w, ids, subs, perms, offsets, codes, k, n_bits, budget, out_d, out_p, out_i):
     """Exact top-k of one query; returns False (outputs untouched) when over budget."""
@@ -94,14 +115,12 @@ def _search_one(q, w, ids, subs, perms, offsets, codes, k, n_bits, budget, out_d
     cap = max(2 * k, k + 64)
     bd = np.empty(cap, dtype=np.int32)
     bp = np.empty(cap, dtype=np.int64)
-    bi = np.empty(cap, dtype=np.int64)
     bound = np.empty(2, dtype=np.int64)
     bound[0] = n_bits + 1
     bound[1] = 0
     hist = np.zeros(n_bits + 2, dtype=np.int64)  # distances of the rows in the buffer
     cnt = 0
     work = 0
-    seen = 0
     sub_d = np.empty(m, dtype=np.int64)
     min_width = subs[:, 2].min()
     for rho in range(min_width + 1):
@@ -114,34 +133,28 @@ def _search_one(q, w, ids, subs, perms, offsets, codes, k, n_bits, budget, out_d
                 lo, hi = offsets[t, key], offsets[t, key + 1]
                 work += 1 + hi - lo
                 rows = codes[t]
-                for e in range(lo, hi):
-                    dup = False
-                    for u in range(m):
-                        x = (q[subs[u, 0]] ^ rows[e * w + subs[u, 0]]) >> np.uint64(subs[u, 1])
-                        sub_d[u] = _popcount64(x & np.uint64((1 << subs[u, 2]) - 1))
-                        if sub_d[u] < rho or (u < t and sub_d[u] == rho):
-                            dup = True
-                    if dup:
-                        continue
-                    seen += 1
-                    d = np.int64(0)
-                    for c in range(w):
-                        d += _popcount64(q[c] ^ rows[e * w + c])
-                    if d > bound[0]:
-                        continue
-                    j = perms[t, e]
-                    if d < bound[0] or ids[j] < bound[1]:
-                        if cnt == cap:
-                            for e2 in range(cnt):
-                                hist[bd[e2]] -= 1
-                            cnt = _compact(k, n_bits, cnt, bd, bp, bi, bound)
-                            for e2 in range(cnt):
-                                hist[bd[e2]] += 1
-                        bd[cnt] = d
-                        bp[cnt] = j
-                        bi[cnt] = ids[j]
-                        hist[d] += 1
-                        cnt += 1
+                for g in range(lo, hi, GROUP):
+                    hits = _bucket_mask(q, rows, w, n, g, min(hi, g + GROUP), bound[0])
+                    while hits != 0:
+                        e = g + np.int64(cttz64(hits))
+                        hits &= hits - np.uint64(1)
+                        dup = False
+                        for u in range(m):
+                            x = (q[subs[u, 0]] ^ rows[e * w + subs[u, 0]]) >> np.uint64(subs[u, 1])
+                            sub_d[u] = _popcount64(x & np.uint64((1 << subs[u, 2]) - 1))
+                            if sub_d[u] < rho or (u < t and sub_d[u] == rho):
+                                dup = True
+                        if dup:
+                            continue
+                        d = row_distance(q, rows, w, e)
+                        j = perms[t, e]
+                        if d < bound[0] or (d == bound[0] and ids[j] < bound[1]):
+                            if cnt == cap:
+                                cnt = compact(k, n_bits, cnt, bd, bp, ids, bound, hist)
+                            bd[cnt] = d
+                            bp[cnt] = j
+                            hist[d] += 1
+                            cnt += 1
                 if work > budget:
                     return False
                 if rho == 0:
@@ -154,10 +167,10 @@ def _search_one(q, w, ids, subs, perms, offsets, codes, k, n_bits, budget, out_d
             within = 0
             for dd in range(min(guaranteed, n_bits) + 1):
                 within += hist[dd]
-            if within >= k or seen == n:
-                finish_one(k, n_bits, cnt, bd, bp, bi, bound, out_d, out_p, out_i)
+            if within >= k or guaranteed >= n_bits:
+                finish_one(k, n_bits, cnt, bd, bp, ids, bound, out_d, out_p, out_i)
                 return True
-    finish_one(k, n_bits, cnt, bd, bp, bi, bound, out_d, out_p, out_i)
+    finish_one(k, n_bits, cnt, bd, bp, ids, bound, out_d, out_p, out_i)
     return True
 
 

@@ -237,3 +237,22 @@ def test_codes_of_returns_stored_codes_across_segments():
     np.testing.assert_array_equal(index.codes_of([7, 0, 4, 100]), np.stack([b[1], a[0], a[4], b[0]]))
     with pytest.raises(ValueError):
         index.codes_of([999])
+
+
+@pytest.mark.parametrize("ids, message", [
+    ([-1], "ids must be in 0"), ([1000.5], "ids must be integers"), ([2**63 - 1], "0.."),
+    ([True], "ids must be integers"),
+])
+def test_add_refuses_ids_that_break_the_contract(ids, message) -> None:
+    index = HammingIndex(8)
+    with pytest.raises(HammingIndexError, match=message):
+        index.add(np.zeros((1, 1), np.uint8), ids=ids)
+    assert len(index) == 0
+
+
+@pytest.mark.parametrize("k", [1.7, "3", True, 0])
+def test_k_must_be_an_integer(k) -> None:
+    index = HammingIndex(8)
+    index.add(np.zeros((2, 1), np.uint8))
+    with pytest.raises(HammingIndexError, match="k must be an integer"):
+        index.search(np.zeros((1, 1), np.uint8), k)

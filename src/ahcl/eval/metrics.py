@@ -197,7 +197,27 @@ def _words64(codes: np.ndarray) -> np.ndarray:
     return padded.view(np.uint64)
 
 
+_FORMS = ("packed uint8 (n, n_bits/8), or ±1 / real-valued (n, n_bits) whose signs are the "
+          "bits")
+
+
 def _packed(codes: np.ndarray, name: str) -> np.ndarray:
+    """Packed codes, refusing the forms whose meaning is a guess (they used to give chance-level
+    numbers silently): bools and 0/1 integers (they would all pack to ones), other integers
+    than ±1 (packed bytes stored in a wider type), and NaN."""
+    codes = np.asarray(codes)
+    if codes.dtype == np.bool_:
+        raise EvaluationError(f"{name}: bool codes are ambiguous; pass {_FORMS}")
+    if np.issubdtype(codes.dtype, np.integer) and codes.dtype != np.uint8 and codes.size \
+            and not ((codes == 1) | (codes == -1)).all():  # one pass; unique() only to explain
+        values = np.unique(codes)
+        kind = ("0/1 bits" if np.isin(values, (0, 1)).all() else
+                "packed bytes in a wider integer type" if values.min() >= 0
+                and values.max() <= 255 else "integers other than ±1")
+        raise EvaluationError(f"{name}: {codes.dtype} codes look like {kind}; pass {_FORMS}"
+                              " (for 0/1 bits: 2 * bits - 1; for bytes: .astype(np.uint8))")
+    if np.issubdtype(codes.dtype, np.floating) and not np.isfinite(codes).all():
+        raise EvaluationError(f"{name}: codes hold NaN or infinite values; pass {_FORMS}")
     try:
         return as_packed(codes)
     except ValueError as exc:
@@ -216,6 +236,9 @@ class _Relevance:
 
     def __init__(self, query_labels: np.ndarray, db_labels: np.ndarray, nq: int, n: int) -> None:
         ql, dl = np.asarray(query_labels), np.asarray(db_labels)
+        if (ql.ndim == 2 and ql.shape[1] == 1) or (dl.ndim == 2 and dl.shape[1] == 1):
+            raise EvaluationError(f"labels of shape {ql.shape} / {dl.shape} are ambiguous: pass "
+                                  "class ids as (n,), or multi-hot (n, K) with K > 1")
         if ql.ndim != dl.ndim or ql.ndim not in (1, 2):
             raise EvaluationError(f"labels must be int (n,) class ids or multi-hot (n, K), both "
                                   f"the same kind; got shapes {ql.shape} and {dl.shape}")

@@ -39,6 +39,11 @@ RANGE_ROOM = 64  # range search results per query that the first scan keeps,
 RANGE_ROOM_TOTAL = 1 << 22  # and for all queries together
 
 
+#: Largest id :meth:`HammingIndex.add` accepts: default ids count up from the largest, so ids
+#: near the int64 limit would overflow them.
+MAX_ID = 2**62
+
+
 class HammingIndexError(AhclError, ValueError):
     """Wrong input to the index: code width, duplicate or unknown ids, bad arguments.
 
@@ -145,7 +150,14 @@ class HammingIndex:
         if ids is None:
             new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         else:
-            new_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            given = np.asarray(ids)
+            if given.size and not (np.issubdtype(given.dtype, np.integer)
+                                   and not np.issubdtype(given.dtype, np.bool_)):
+                raise HammingIndexError(f"ids must be integers, got {given.dtype}")
+            if given.size and (given.min() < 0 or given.max() > MAX_ID):
+                raise HammingIndexError(f"ids must be in 0..{MAX_ID} (-1 is the padding of "
+                                        "search results)")
+            new_ids = given.astype(np.int64).reshape(-1)
             self._check_new_ids(new_ids, n)
         lab = np.full(n, -1, dtype=np.int64) if labels is None \
             else np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -267,7 +279,9 @@ class HammingIndex:
 
         Args:
             query_codes: ``uint8 (nq, n_bits/8)`` packed, or ``(nq, n_bits)`` ±1.
-            k: neighbours per query, ``>= 1``.
+            k: neighbours per query, an integer ``>= 1`` (the output is ``nq × k``, as in
+                faiss: callers that take k from users clamp it to ``len(index)``, as the CLI,
+                :meth:`ahcl.run.Run.search_codes` and the service do).
 
         Returns:
             ``D int32 (nq, k)`` distances and ``I int64 (nq, k)`` ids, each row ordered by
@@ -279,8 +293,8 @@ class HammingIndex:
     def _search(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray,
                                                                  np.ndarray]:
         """:meth:`search` plus ``P int64 (nq, k)``: storage positions (``-1`` padding)."""
-        if int(k) < 1:
-            raise HammingIndexError(f"k must be >= 1, got {k}", k=k)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise HammingIndexError(f"k must be an integer >= 1, got {k!r}", k=k)
         k = int(k)
         q = self._queries(query_codes)
         nq = q.shape[0]

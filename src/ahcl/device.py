@@ -69,6 +69,10 @@ class Placement:
         return tensor.to(self.device, non_blocking=self.is_cuda)
 
 
+#: The CPU in float32: the default placement of every method, feeder and run.
+CPU = Placement(torch.device("cpu"))
+
+
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` → a device that exists here.
 

@@ -29,7 +29,7 @@ from ahcl._version import __version__
 from ahcl.config import RUNTIME_KEYS
 from ahcl.data.folder import read_image_folder
 from ahcl.data.splits import Split, save_split
-from ahcl.device import Placement
+from ahcl.device import CPU, Placement
 from ahcl.device import placement as device_placement
 from ahcl.encoder import Encoder
 from ahcl.errors import RunError
@@ -81,7 +81,7 @@ class Run:
     db_paths: list[str]
     data_root: Path
     info: dict[str, Any] = field(default_factory=dict)
-    placement: Placement = field(default_factory=lambda: device_placement("cpu", "fp32"))
+    placement: Placement = CPU
     num_workers: int | None = None
     compile: bool = False
     _encoder: Any = field(default=None, repr=False)
@@ -223,9 +223,6 @@ def load_run(path: str | Path, *, device: str | Any = "auto", precision: str = "
         codes = np.load(path / "db_codes.npy", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise RunError(f"{path / 'db_codes.npy'} is unreadable: {exc}", path=path) from None
-    if sha256_file(path / "db_codes.npy") != info.get("db_codes_sha256"):
-        raise RunError(f"{path / 'db_codes.npy'} does not match the checksum in run.json",
-                       path=path / "db_codes.npy")
     try:
         n_bits = int(info["n_bits"])
         labels = np.asarray(db["labels"], dtype=np.int64)
@@ -255,10 +252,13 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 
 
 def _verify_files(path: Path, info: dict[str, Any]) -> None:
-    """Check every file ``run.json`` lists a sha256 for (runs written since 0.2 list them all)."""
+    """Check every file ``run.json`` lists a sha256 for (runs written since 0.2 list them all;
+    older ones only ``db_codes_sha256``), each file hashed once."""
     files = info.get("files", {})
     if not isinstance(files, dict):
         raise RunError(f"{path / 'run.json'}: 'files' is not a mapping", path=path)
+    files = {**files}
+    files.setdefault("db_codes.npy", info.get("db_codes_sha256"))
     for name, digest in files.items():
         target = path / str(name)
         if target.parent != path:

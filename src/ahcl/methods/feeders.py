@@ -17,9 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ahcl.data.images import load_rgb
-from ahcl.device import Placement
-
-CPU = Placement(torch.device("cpu"))
+from ahcl.device import CPU, Placement
 
 
 class FeatureFeeder:

@@ -30,7 +30,7 @@ import torch
 import torch.fx.experimental.optimization
 from torch import nn
 
-from ahcl.device import Placement
+from ahcl.device import CPU, Placement
 from ahcl.errors import AhclError
 from ahcl.models.backbones import Backbone, form_tag
 
@@ -38,8 +38,6 @@ __all__ = ["CPU", "CPU_CHUNK", "CompileUnavailableError", "InferenceBackbone", "
 
 logger = logging.getLogger(__name__)
 
-#: The default placement of every encoding path: the CPU in float32.
-CPU = Placement(torch.device("cpu"), "fp32")
 
 #: Images per forward call on the CPU. Measured over 2–32 on MobileNetV2, EfficientNet-B0,
 #: ResNet-18/50: 8 is the fastest for all four (1.3–1.7× batch 32 for the first two), since the

@@ -115,7 +115,7 @@ def test_the_form_stays_in_eval_and_checks_shapes():
         fast(torch.zeros(3, 64, 64))
 
 
-def test_form_tags_and_cache_keys():
+def test_form_tags_and_cache_keys(tmp_path):
     assert form_tag("cpu", "fp32") == f"fast{INFERENCE_FORM}-cpu-fp32" == "fast1-cpu-fp32"
     tags = {form_tag(d, p, c) for d in ("cpu", "cuda") for p in ("fp32", "bf16", "fp16")
             for c in (False, True)}
@@ -127,7 +127,7 @@ def test_form_tags_and_cache_keys():
     assert fp32.cache_key == bb.cache_key == f"{plain_key}|fast1-cpu-fp32"
     assert bf16.cache_key == f"{plain_key}|fast1-cpu-bf16"
     assert len({plain_key, fp32.cache_key, bf16.cache_key}) == 3
-    folders = {FeatureCache(".", key, bb.feature_dim).path.name
+    folders = {FeatureCache(tmp_path, key, bb.feature_dim).path.name
                for key in (plain_key, fp32.cache_key, bf16.cache_key)}
     assert len(folders) == 3
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 MODULES = ["ahcl.index", "ahcl.index.format", "ahcl.index.hamming", "ahcl.index.hits",
-           "ahcl.index.index", "ahcl.index.intrinsics", "ahcl.index.kernels", "ahcl.index.mih",
-           "ahcl.index.packing", "ahcl.index.planes", "ahcl.index.selection", "ahcl.index.simd"]
+           "ahcl.index.index", "ahcl.index.intrinsics", "ahcl.index.kernels",
+           "ahcl.index.lexicographic", "ahcl.index.mih", "ahcl.index.packing", "ahcl.index.planes", "ahcl.index.selection", "ahcl.index.simd"]
 
 # In a fresh interpreter: the modules ``import ahcl`` loads, then those the index adds.
 CODE = f"""

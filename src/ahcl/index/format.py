@@ -3,15 +3,20 @@
 Layout (all integers little-endian)::
 
     0     8 bytes   magic b"AHCLHIX\\0"
-    8     uint32    format version (1)
+    8     uint32    format version (2; version 1 files are read too)
     12    uint32    header length L (bytes of JSON, space padded)
     16    uint32    CRC-32 of the header bytes
     20    uint32    reserved (0)
-    24    L bytes   header JSON: n_bits, n, next_id, file_size, and per section
-                    {offset, nbytes, dtype, shape, crc32}
+    24    L bytes   header JSON: n_bits, semantic_bits, n, next_id, file_size, and per
+                    section {offset, nbytes, dtype, shape, crc32}
     ...   sections  codes uint8 (n, n_bits/8), ids int64 (n,), labels int64 (n,),
                     meta_offsets int64 (n+1,), meta_blob uint8 (UTF-8 JSON per item, empty = none);
                     each starts on a 64-byte boundary so np.memmap views are aligned.
+
+Versions: 2 added ``semantic_bits`` (the class-level part of a split index's codes,
+:class:`ahcl.index.HammingIndex`; ``n_bits`` for a plain index); a version-1 header has none and
+holds a plain index (:func:`read_header` fills in ``semantic_bits = n_bits``). Nothing else
+changed, so :func:`write_index` can still write version 1 for a plain index.
 
 Integrity: the header is always verified; the file size and every section's bounds are checked
 against the header at open, so a truncated or extended file is always an
@@ -43,7 +48,8 @@ from ahcl._io import atomic_write
 from ahcl.errors import IndexFileError
 
 MAGIC = b"AHCLHIX\0"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # what read_header accepts
 ALIGN = 64
 HEADER_RESERVED = 4096 - 24  # header JSON bytes; the sections start at 4096
 VERIFY_LIMIT = 256 * 2**20
@@ -138,9 +144,17 @@ def _write_array(f: IO[bytes], pieces: Iterable[np.ndarray | bytes], section: di
     section["crc32"] = crc
 
 
-def write_index(path: str | os.PathLike, n_bits: int, next_id: int,
-                segments: list[Segment]) -> None:
-    """Write ``segments`` as one index file at ``path``, atomically (see the module docstring)."""
+def write_index(path: str | os.PathLike, n_bits: int, next_id: int, segments: list[Segment], *,
+                semantic_bits: int | None = None, version: int = VERSION) -> None:
+    """Write ``segments`` as one index file at ``path``, atomically (see the module docstring).
+
+    ``semantic_bits``: of a split index (``None``: ``n_bits``, plain). ``version``: 1 writes the
+    old layout (readable by older ahcl), only for a plain index.
+    """
+    semantic_bits = n_bits if semantic_bits is None else int(semantic_bits)
+    if version not in VERSIONS or (version == 1 and semantic_bits != n_bits):
+        raise ValueError(f"cannot write index format version {version} "
+                         f"(semantic_bits={semantic_bits}, n_bits={n_bits})")
     n = sum(len(s) for s in segments)
     metas = [list(s.meta_chunks()) for s in segments]
     blob_size = sum(len(b) for chunks in metas for _, b in chunks)
@@ -164,19 +178,22 @@ def write_index(path: str | os.PathLike, n_bits: int, next_id: int,
         _write_array(f, offsets(), table["meta_offsets"])
         _write_array(f, (b for chunks in metas for _, b in chunks), table["meta_blob"])
         f.truncate(file_size)
-        header = {"format": "ahcl-hamming-index", "version": VERSION, "n_bits": n_bits, "n": n,
+        header = {"format": "ahcl-hamming-index", "version": version, "n_bits": n_bits, "n": n,
                   "next_id": next_id, "file_size": file_size, "sections": table}
+        if version >= 2:
+            header["semantic_bits"] = semantic_bits
         raw = json.dumps(header, separators=(",", ":")).encode()
         if len(raw) > HEADER_RESERVED:
             raise RuntimeError("index header does not fit its reserved space")
         raw = raw.ljust(HEADER_RESERVED, b" ")
         f.seek(0)
-        f.write(_PREAMBLE.pack(MAGIC, VERSION, len(raw), zlib.crc32(raw), 0))
+        f.write(_PREAMBLE.pack(MAGIC, version, len(raw), zlib.crc32(raw), 0))
         f.write(raw)
 
 
 def read_header(path: str | os.PathLike) -> dict:
-    """The validated header of the index file at ``path`` (sizes checked, CRCs of sections not).
+    """The validated header of the index file at ``path`` (sizes checked, CRCs of sections not);
+    ``semantic_bits`` is always set (``n_bits`` for a version-1 file).
 
     Raises:
         IndexFileError: missing, not an index, unknown version, damaged header, or wrong size.
@@ -192,9 +209,10 @@ def read_header(path: str | os.PathLike) -> dict:
         magic, version, hlen, hcrc, _ = _PREAMBLE.unpack(pre)
         if magic != MAGIC:
             raise _file_error(path, "not an ahcl index file (bad magic)")
-        if version != VERSION:
+        if version not in VERSIONS:
             raise _file_error(path, f"index format version {version}, this ahcl reads "
-                                    f"{VERSION}; upgrade ahcl or rebuild the index")
+                                    f"{' and '.join(map(str, VERSIONS))}; upgrade ahcl or rebuild "
+                                    "the index")
         raw = f.read(hlen)
     if len(raw) < hlen:
         raise _file_error(path, f"truncated index file ({size} bytes); rebuild or restore it")
@@ -202,6 +220,15 @@ def read_header(path: str | os.PathLike) -> dict:
         raise _file_error(path, "index header checksum mismatch (file corrupted); "
                                 "rebuild or restore it")
     header = json.loads(raw)
+    if header.get("version") != version:
+        raise _file_error(path, f"index header says version {header.get('version')}, the file "
+                                f"{version}; rebuild or restore it")
+    if version == 1:
+        header["semantic_bits"] = header["n_bits"]
+    n_bits, sem = header["n_bits"], header.get("semantic_bits")
+    if not isinstance(sem, int) or isinstance(sem, bool) or sem % 8 or not 8 <= sem <= n_bits:
+        raise _file_error(path, f"index header has semantic_bits {sem!r} for {n_bits}-bit codes "
+                                "(a multiple of 8 in 8..n_bits); rebuild or restore it")
     if header["file_size"] != size:
         what = "truncated" if size < header["file_size"] else "has trailing bytes"
         raise _file_error(path, f"index file {what} ({size} bytes, header says "

@@ -17,6 +17,9 @@ class Hit:
         class_name: the class's name when known, else ``None``.
         path: the image file of the item when known, else ``None``.
         meta: the item's stored metadata (``{}`` when none).
+        instance_distance: for a split index (:attr:`ahcl.index.HammingIndex.split`), the
+            Hamming distance of the instance-level parts (``distance`` is then the semantic
+            one); ``None`` for a plain index.
     """
 
     id: int
@@ -25,6 +28,7 @@ class Hit:
     class_name: str | None = None
     path: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    instance_distance: int | None = None
 
     @property
     def index(self) -> int:
@@ -32,12 +36,14 @@ class Hit:
         return self.id
 
     def to_dict(self, *, public: bool = False) -> dict[str, Any]:
-        """JSON-safe record ``{"id", "distance", "label", "class", "path", "meta"}``.
+        """JSON-safe record ``{"id", "distance", "instance_distance", "label", "class", "path",
+        "meta"}``.
 
         Args:
             public: leave out ``path`` and ``meta`` (what the service shows: no server paths).
         """
-        out: dict[str, Any] = {"id": self.id, "distance": self.distance, "label": self.label,
+        out: dict[str, Any] = {"id": self.id, "distance": self.distance,
+                               "instance_distance": self.instance_distance, "label": self.label,
                                "class": self.class_name}
         if not public:
             out["path"] = self.path
@@ -46,17 +52,21 @@ class Hit:
 
 
 def hits_from_rows(ids: Any, distances: Any, labels: Any, metas: list[dict | None] | None = None,
-                   classes: list[str] | None = None) -> list[Hit]:
+                   classes: list[str] | None = None, *,
+                   instance_distances: Any = None) -> list[Hit]:
     """Hits from parallel sequences (one query's results, already in rank order).
 
     ``classes`` names labels ``0..len-1``; a label outside it (``-1``: unlabelled) has no name.
-    A meta's ``"path"`` becomes the hit's :attr:`Hit.path`.
+    A meta's ``"path"`` becomes the hit's :attr:`Hit.path`. ``instance_distances`` (a split
+    index's) become :attr:`Hit.instance_distance`; ``None``: none.
     """
     metas = metas if metas is not None else [None] * len(ids)
+    inst = [None] * len(ids) if instance_distances is None \
+        else [int(x) for x in instance_distances]
     out = []
-    for i, d, lab, meta in zip(ids, distances, labels, metas):
+    for i, d, lab, meta, di in zip(ids, distances, labels, metas, inst):
         lab = int(lab)
         meta = meta or {}
         name = classes[lab] if classes is not None and 0 <= lab < len(classes) else None
-        out.append(Hit(int(i), int(d), lab, name, meta.get("path"), meta))
+        out.append(Hit(int(i), int(d), lab, name, meta.get("path"), meta, di))
     return out

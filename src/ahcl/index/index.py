@@ -11,6 +11,12 @@ Ids are any unique int64; storage order does not matter because ties are broken 
 themselves. Multi-index hashing (:mod:`ahcl.index.mih`) needs the rows in one block: building it
 merges the segments in memory.
 
+Split indexes (``semantic_bits`` given): a code is a class-level part (its first
+``semantic_bits`` bits) and an instance-level part (the rest); results are exact and ordered by
+``(semantic distance, instance distance, id)`` (:mod:`ahcl.index.lexicographic` scans), ``D`` is
+the semantic distance and :meth:`HammingIndex.search_split` also returns the instance distances.
+Multi-index hashing does not apply to that order: a split index always scans flat.
+
 Kernels: :mod:`ahcl.index.kernels` scans, on the path :mod:`ahcl.index.simd` picks for the CPU
 (or the one forced); the ``avx2`` path also keeps each segment's bit planes, built at the first
 search and dropped at the next change. A search with a large ``k`` starts from a bound sampled
@@ -26,7 +32,7 @@ import numpy as np
 
 from ahcl.errors import AhclError
 from ahcl.index import format as fmt
-from ahcl.index import kernels, planes, selection, simd
+from ahcl.index import kernels, lexicographic, planes, selection, simd
 from ahcl.index.hits import Hit, hits_from_rows
 from ahcl.index.mih import MultiIndexHash
 from ahcl.index.packing import as_packed
@@ -57,19 +63,33 @@ class HammingIndex:
 
     Args:
         n_bits: code length, a positive multiple of 8.
+        semantic_bits: make a split index: the first ``semantic_bits`` bits of each code are its
+            class-level part, the other ``n_bits - semantic_bits`` its instance-level part, and
+            searches order by ``(semantic distance, instance distance, id)``. A multiple of 8,
+            ``8 <= semantic_bits <= n_bits``; ``None`` or ``n_bits``: a plain index.
         mih: keep multi-index hashing tables and use them for :meth:`search` (rebuilt lazily
-            after changes). Adds about ``4 n m`` bytes (see :mod:`ahcl.index.mih`).
+            after changes). Adds about ``4 n m`` bytes (see :mod:`ahcl.index.mih`). A split
+            index accepts it but builds no tables and scans flat (MIH prunes by the whole
+            distance, not by the lexicographic order).
         threads: kernel threads of each call (``None``: the calling thread's numba setting, all
             cores by default). Scoped to the calling thread and the call
             (:func:`ahcl.index.kernels.thread_limit`): indexes with different ``threads`` can be
             searched from several threads at once.
     """
 
-    def __init__(self, n_bits: int, *, mih: bool = False, threads: int | None = None) -> None:
+    def __init__(self, n_bits: int, *, semantic_bits: int | None = None, mih: bool = False,
+                 threads: int | None = None) -> None:
         if n_bits <= 0 or n_bits % 8:
             raise HammingIndexError(f"n_bits must be a positive multiple of 8, got {n_bits}",
                                     n_bits=n_bits)
         self.n_bits = int(n_bits)
+        if semantic_bits is None:
+            semantic_bits = self.n_bits
+        if isinstance(semantic_bits, bool) or not isinstance(semantic_bits, (int, np.integer)) \
+                or semantic_bits % 8 or not 8 <= semantic_bits <= self.n_bits:
+            raise HammingIndexError(f"semantic_bits must be a multiple of 8 in 8..{self.n_bits} "
+                                    f"(n_bits), got {semantic_bits!r}", n_bits=self.n_bits)
+        self._semantic_bits = int(semantic_bits)
         self.mih = bool(mih)
         self.threads = threads
         self._segments: list[fmt.Segment] = []
@@ -82,6 +102,21 @@ class HammingIndex:
     # ------------------------------------------------------------------ size and bookkeeping
     def __len__(self) -> int:
         return sum(len(s) for s in self._segments)
+
+    @property
+    def semantic_bits(self) -> int:
+        """Bits of the class-level part of a code (``n_bits`` for a plain index)."""
+        return self._semantic_bits
+
+    @property
+    def instance_bits(self) -> int:
+        """Bits of the instance-level part, ``n_bits - semantic_bits`` (0 for a plain index)."""
+        return self.n_bits - self._semantic_bits
+
+    @property
+    def split(self) -> bool:
+        """Whether searches order by (semantic distance, instance distance, id)."""
+        return self.instance_bits > 0
 
     @property
     def nbytes_per_code(self) -> int:
@@ -258,8 +293,12 @@ class HammingIndex:
         return self._words(q).reshape(q.shape[0], self.words)
 
     def build_mih(self, width: int | None = None) -> "HammingIndex":
-        """Build multi-index hashing tables now (and keep them up to date); returns ``self``."""
+        """Build multi-index hashing tables now (and keep them up to date); returns ``self``.
+
+        A split index only records the wish: it builds no tables and scans flat."""
         self.mih = True
+        if self.split:
+            return self
         self._merge_segments()
         words = self._segment_words()
         db = words[0] if words else np.zeros(0, dtype=np.uint64)
@@ -285,17 +324,50 @@ class HammingIndex:
 
         Returns:
             ``D int32 (nq, k)`` distances and ``I int64 (nq, k)`` ids, each row ordered by
-            ``(distance, id)``; missing neighbours are ``D = n_bits + 1``, ``I = -1``.
+            ``(distance, id)``; missing neighbours are ``D = n_bits + 1``, ``I = -1``. A split
+            index orders by ``(semantic distance, instance distance, id)`` and ``D`` is the
+            semantic distance (padding ``semantic_bits + 1``); :meth:`search_split` also gives
+            the instance distances.
         """
         d, _, i = self._search(query_codes, k)
         return d, i
 
+    def search_split(self, query_codes: np.ndarray, k: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact k nearest neighbours by ``(semantic distance, instance distance, id)``.
+
+        Returns:
+            ``D_sem int32 (nq, k)``, ``D_inst int32 (nq, k)`` and ``I int64 (nq, k)``; missing
+            neighbours are ``D_sem = semantic_bits + 1``, ``D_inst = instance_bits + 1``,
+            ``I = -1``. A plain index gives :meth:`search`'s results with ``D_inst`` all 0.
+        """
+        ds, di, _, i = self._search_split(query_codes, k)
+        return ds, di, i
+
+    @staticmethod
+    def _check_k(k: Any) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise HammingIndexError(f"k must be an integer >= 1, got {k!r}", k=k)
+        return int(k)
+
+    def _search_split(self, query_codes: np.ndarray, k: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`search_split` plus ``P int64 (nq, k)`` storage positions: ``(Ds, Di, P, I)``."""
+        if not self.split:
+            d, p, i = self._search(query_codes, k)
+            return d, np.zeros_like(d), p, i
+        k = self._check_k(k)
+        q = self._queries(query_codes)
+        with kernels.thread_limit(self.threads):
+            return self._flat_split(q, k)
+
     def _search(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray,
                                                                  np.ndarray]:
         """:meth:`search` plus ``P int64 (nq, k)``: storage positions (``-1`` padding)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise HammingIndexError(f"k must be an integer >= 1, got {k!r}", k=k)
-        k = int(k)
+        if self.split:
+            ds, _, p, i = self._search_split(query_codes, k)
+            return ds, p, i
+        k = self._check_k(k)
         q = self._queries(query_codes)
         nq = q.shape[0]
         out_d = np.empty((nq, k), dtype=np.int32)
@@ -324,15 +396,14 @@ class HammingIndex:
         buf_h = np.zeros((nq, self.n_bits + 2), dtype=np.int64)
         bound = np.zeros((nq, 2), dtype=np.int64)
         bound[:, 0] = self.n_bits + 1
-        seeded = seed and self._seed_bounds(q, k, bound)
+        seeded = seed and self._seed_bounds(q, k, bound, lambda db, n_blocks, rank: (
+            kernels.sample_bounds(q, db, n_blocks, rank, self.n_bits)))
         base = 0
         path, qmasks, seg_planes = self._kernel_inputs(q)
         qblock, tile = kernels.query_block(nq), kernels.tile_rows(self.words)
         ids = np.ascontiguousarray(self.ids)
-        tile_min = self._cached(f"tile_min {tile}", lambda: [
-            kernels.tile_min_ids(np.asarray(s.ids), tile) for s in self._segments])
         for seg, words, bits, lows in zip(self._segments, self._segment_words(), seg_planes,
-                                          tile_min):
+                                          self._tile_min(tile)):
             kernels.topk_scan(path, tile, qblock, q, qmasks, words, bits, ids, lows, base, k,
                               self.n_bits, buf_d, buf_p, buf_n, buf_h, bound)
             base += len(seg)
@@ -344,14 +415,57 @@ class HammingIndex:
         missed = np.flatnonzero(buf_n < k) if seeded else np.zeros(0, dtype=np.int64)
         if missed.shape[0]:  # the sample's bound was below the k-th distance: scan again
             out_d[missed], out_p[missed], out_i[missed] = self._flat(q[missed], k, seed=False)
-        if k < k_out:
-            pad = ((0, 0), (0, k_out - k))
-            out_d = np.pad(out_d, pad, constant_values=self.n_bits + 1)
-            out_p, out_i = np.pad(out_p, pad, constant_values=-1), np.pad(out_i, pad,
-                                                                        constant_values=-1)
-        return out_d, out_p, out_i
+        return _pad(k_out, (out_d, self.n_bits + 1), (out_p, -1), (out_i, -1))
 
-    def _seed_bounds(self, q: np.ndarray, k: int, bound: np.ndarray) -> bool:
+    def _tile_min(self, tile: int) -> list[np.ndarray]:
+        """Per segment, the smallest id of each tile of ``tile`` rows (kept until a change)."""
+        return self._cached(f"tile_min {tile}", lambda: [
+            kernels.tile_min_ids(np.asarray(s.ids), tile) for s in self._segments])
+
+    def _split_inputs(self) -> tuple[int, np.ndarray, np.ndarray, int]:
+        """What the split kernels read besides the rows: the calling thread's kernel path, the
+        word masks, the word spans and the key shift (:mod:`ahcl.index.lexicographic`)."""
+        return (simd.path_code(self.n_bits),
+                lexicographic.split_masks(self.n_bits, self.semantic_bits),
+                lexicographic.word_spans(self.semantic_bits),
+                lexicographic.key_shift(self.n_bits, self.semantic_bits))
+
+    def _flat_split(self, q: np.ndarray, k_out: int, seed: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Flat scan of a split index by ``(key, id)`` (:mod:`ahcl.index.lexicographic`),
+        seeded for a large ``k`` as :meth:`_flat` is."""
+        nq = q.shape[0]
+        k = max(1, min(k_out, len(self)))
+        cap = max(2 * k, k + CAP_EXTRA)
+        buf_k = np.empty((nq, cap), dtype=np.int64)
+        buf_p = np.empty((nq, cap), dtype=np.int64)
+        buf_n = np.zeros(nq, dtype=np.int64)
+        bound = np.zeros((nq, 2), dtype=np.int64)
+        bound[:, 0] = lexicographic.max_key(self.n_bits, self.semantic_bits) + 1
+        path, masks, spans, shift = self._split_inputs()
+        seeded = seed and self._seed_bounds(q, k, bound, lambda db, n_blocks, rank: (
+            lexicographic.sample_bounds(q, masks, shift, db, n_blocks, rank)))
+        qblock, tile = kernels.query_block(nq), kernels.tile_rows(self.words)
+        ids = np.ascontiguousarray(self.ids)
+        base = 0
+        for seg, words, lows in zip(self._segments, self._segment_words(), self._tile_min(tile)):
+            lexicographic.topk_scan(path, tile, qblock, q, masks, spans, shift, words, ids, lows,
+                                    base, k, buf_k, buf_p, buf_n, bound)
+            base += len(seg)
+        out_s = np.empty((nq, k), dtype=np.int32)
+        out_i = np.empty((nq, k), dtype=np.int32)
+        out_p = np.empty((nq, k), dtype=np.int64)
+        out_id = np.empty((nq, k), dtype=np.int64)
+        lexicographic.topk_finish(k, shift, self.semantic_bits, self.instance_bits, buf_k, buf_p,
+                                  buf_n, ids, bound, out_s, out_i, out_p, out_id)
+        missed = np.flatnonzero(buf_n < k) if seeded else np.zeros(0, dtype=np.int64)
+        if missed.shape[0]:  # the sample's bound was below the k-th key: scan again
+            out_s[missed], out_i[missed], out_p[missed], out_id[missed] = self._flat_split(
+                q[missed], k, seed=False)
+        return _pad(k_out, (out_s, self.semantic_bits + 1), (out_i, self.instance_bits + 1),
+                    (out_p, -1), (out_id, -1))
+
+    def _seed_bounds(self, q: np.ndarray, k: int, bound: np.ndarray, sample: Any) -> bool:
         """Start a large-k search at a bound read from a sample of the largest segment.
 
         Without it the running bound starts at ``n_bits + 1`` and takes ~``k ln(n / k)``
@@ -359,7 +473,8 @@ class HammingIndex:
         on average; its ``(SEED_RANK * SEED_ROWS + 2)``-th smallest distance lets about
         ``SEED_RANK * k`` rows enter. It is too low (fewer than ``k`` rows within it) for about
         one query in 100; :meth:`_flat` scans those again without a seed. Returns whether it
-        seeded.
+        seeded. ``sample(rows, n_blocks, rank)``: the kernel that reads the bound (distances, or
+        keys for a split index) from the flat rows of a segment.
         """
         n = len(self)
         if k < 256 or k * k * max(0.0, np.log(n / k) - 2.0) < 2.0 * n:
@@ -370,8 +485,7 @@ class HammingIndex:
         if n_blocks < 8:
             return False
         rank = int(SEED_RANK * (kernels.GROUP * n_blocks * k / n)) + 2
-        bound[:, 0] = kernels.sample_bounds(q, self._segment_words()[seg], n_blocks, rank,
-                                            self.n_bits)
+        bound[:, 0] = sample(self._segment_words()[seg], n_blocks, rank)
         bound[:, 1] = kernels.NO_ID
         return True
 
@@ -381,53 +495,114 @@ class HammingIndex:
 
         Returns:
             ``lims int64 (nq + 1,)``, ``D int32 (lims[-1],)``, ``I int64 (lims[-1],)``: query
-            ``i``'s results are ``D[lims[i]:lims[i+1]]``, ordered by ``(distance, id)``.
+            ``i``'s results are ``D[lims[i]:lims[i+1]]``, ordered by ``(distance, id)``. A split
+            index takes ``radius`` on the semantic distance, orders each query's results by
+            ``(semantic distance, instance distance, id)`` and gives the semantic distance as
+            ``D`` (:meth:`range_search_split` also gives the instance distances).
         """
         lims, d, _, i = self._range_search(query_codes, radius)
         return lims, d, i
 
+    def range_search_split(self, query_codes: np.ndarray, radius: int
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All codes within semantic distance ``radius`` (inclusive).
+
+        Returns:
+            ``lims int64 (nq + 1,)``, ``D_sem int32``, ``D_inst int32`` and ``I int64``, each
+            ``(lims[-1],)``, each query's slice ordered by ``(semantic distance, instance
+            distance, id)``. A plain index gives :meth:`range_search`'s with ``D_inst`` all 0.
+        """
+        lims, ds, di, _, i = self._range_search_split(query_codes, radius)
+        return lims, ds, di, i
+
     def _range_search(self, query_codes: np.ndarray, radius: int
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`range_search` plus storage positions: ``(lims, D, P, I)``."""
+        if self.split:
+            lims, ds, _, p, i = self._range_search_split(query_codes, radius)
+            return lims, ds, p, i
+        return self._range_plain(query_codes, radius)
+
+    def _range_plain(self, query_codes: np.ndarray, radius: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         q = self._queries(query_codes)
         radius = int(radius)
-        nq = q.shape[0]
         with kernels.thread_limit(self.threads):
             path, qmasks, seg_planes = self._kernel_inputs(q)
-            qblock, tile = kernels.query_block(nq), kernels.tile_rows(self.words)
-            # one scan with room for a few results per query; queries with more go again
-            per_query = max(1, min(RANGE_ROOM, RANGE_ROOM_TOTAL // max(nq, 1)))
-            room = np.arange(nq + 1, dtype=np.int64) * per_query
-            dist = np.empty(room[-1], dtype=np.int32)
-            pos = np.empty(room[-1], dtype=np.int64)
-            found = self._range_scan(q, radius, path, qmasks, seg_planes, qblock, tile,
-                                     room[:-1].copy(), room[1:], dist, pos) - room[:-1]
-            lims = np.zeros(nq + 1, dtype=np.int64)
-            np.cumsum(found, out=lims[1:])
-            kept = np.minimum(found, per_query)
-            within = np.arange(kept.sum()) - np.repeat(np.cumsum(kept) - kept, kept)
-            out_d = np.empty(lims[-1], dtype=np.int32)
-            out_p = np.empty(lims[-1], dtype=np.int64)
-            src, dst = np.repeat(room[:-1], kept) + within, np.repeat(lims[:-1], kept) + within
-            out_d[dst], out_p[dst] = dist[src], pos[src]
-            over = np.flatnonzero(found > per_query)
-            if over.shape[0]:
-                self._range_scan(q[over], radius, path, qmasks[over], seg_planes, qblock, tile,
-                                 lims[over], lims[over + 1], out_d, out_p)
+            qblock, tile = kernels.query_block(q.shape[0]), kernels.tile_rows(self.words)
+
+            def scan(rows: np.ndarray, offsets: np.ndarray, limits: np.ndarray,
+                     dist: np.ndarray, pos: np.ndarray) -> np.ndarray:
+                base = 0
+                for seg, w, bits in zip(self._segments, self._segment_words(), seg_planes):
+                    kernels.range_fill(path, tile, qblock, q[rows], qmasks[rows], w, bits,
+                                       self.n_bits, radius, base, offsets, limits, dist, pos)
+                    base += len(seg)
+                return offsets
+
+            lims, out_d, out_p = self._range_rows(q.shape[0], radius, scan, np.int32)
             ids = self.ids[out_p] if out_p.shape[0] else np.empty(0, dtype=np.int64)
             kernels.sort_ranges(lims, self.n_bits, out_d, out_p, ids)
         return lims, out_d, out_p, ids
 
-    def _range_scan(self, q: np.ndarray, radius: int, path: int, qmasks: np.ndarray,
-                    seg_planes: list[np.ndarray], qblock: int, tile: int, offsets: np.ndarray,
-                    limits: np.ndarray, dist: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """:func:`ahcl.index.kernels.range_fill` over every segment; returns ``offsets``."""
-        base = 0
-        for seg, w, bits in zip(self._segments, self._segment_words(), seg_planes):
-            if radius >= 0:
-                kernels.range_fill(path, tile, qblock, q, qmasks, w, bits, self.n_bits, radius,
-                                   base, offsets, limits, dist, pos)
-            base += len(seg)
-        return offsets
+    def _range_search_split(self, query_codes: np.ndarray, radius: int
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                       np.ndarray]:
+        """:meth:`range_search_split` plus storage positions: ``(lims, Ds, Di, P, I)``."""
+        if not self.split:
+            lims, d, p, i = self._range_plain(query_codes, radius)
+            return lims, d, np.zeros_like(d), p, i
+        q = self._queries(query_codes)
+        radius = min(int(radius), self.semantic_bits)  # every row is within semantic_bits
+        path, masks, spans, shift = self._split_inputs()
+        with kernels.thread_limit(self.threads):
+            qblock, tile = kernels.query_block(q.shape[0]), kernels.tile_rows(self.words)
+
+            def scan(rows: np.ndarray, offsets: np.ndarray, limits: np.ndarray,
+                     keys: np.ndarray, pos: np.ndarray) -> np.ndarray:
+                base = 0
+                for seg, w in zip(self._segments, self._segment_words()):
+                    lexicographic.range_fill(path, tile, qblock, q[rows], masks, spans, shift, w,
+                                             radius, base, offsets, limits, keys, pos)
+                    base += len(seg)
+                return offsets
+
+            lims, keys, pos = self._range_rows(q.shape[0], radius, scan, np.int64)
+            ids = self.ids[pos] if pos.shape[0] else np.empty(0, dtype=np.int64)
+            ds = np.empty(keys.shape[0], dtype=np.int32)
+            di = np.empty(keys.shape[0], dtype=np.int32)
+            lexicographic.sort_ranges(lims, shift, self.semantic_bits, keys, pos, ids, ds, di)
+        return lims, ds, di, pos, ids
+
+    @staticmethod
+    def _range_rows(nq: int, radius: int, scan: Any, dtype: Any
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every query's rows within ``radius``, unsorted: ``(lims, values, positions)``.
+
+        ``scan(rows, offsets, limits, values, positions)`` runs a ``range_fill`` kernel over
+        every segment for the queries ``rows`` and returns ``offsets``. One scan with room for
+        a few results per query; the queries with more go again, into their exact room.
+        """
+        per_query = max(1, min(RANGE_ROOM, RANGE_ROOM_TOTAL // max(nq, 1)))
+        room = np.arange(nq + 1, dtype=np.int64) * per_query
+        values = np.empty(room[-1], dtype=dtype)
+        pos = np.empty(room[-1], dtype=np.int64)
+        every = np.arange(nq)
+        found = np.zeros(nq, dtype=np.int64)
+        if radius >= 0:
+            found = scan(every, room[:-1].copy(), room[1:], values, pos) - room[:-1]
+        lims = np.zeros(nq + 1, dtype=np.int64)
+        np.cumsum(found, out=lims[1:])
+        kept = np.minimum(found, per_query)
+        within = np.arange(kept.sum()) - np.repeat(np.cumsum(kept) - kept, kept)
+        out_v = np.empty(lims[-1], dtype=dtype)
+        out_p = np.empty(lims[-1], dtype=np.int64)
+        src, dst = np.repeat(room[:-1], kept) + within, np.repeat(lims[:-1], kept) + within
+        out_v[dst], out_p[dst] = values[src], pos[src]
+        over = np.flatnonzero(found > per_query)
+        if over.shape[0]:
+            scan(over, lims[over], lims[over + 1], out_v, out_p)
+        return lims, out_v, out_p
 
     # ------------------------------------------------------------------ lookups
     def _positions_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -476,7 +651,8 @@ class HammingIndex:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to one file, atomically (format: :mod:`ahcl.index.format`)."""
-        fmt.write_index(path, self.n_bits, self._next_id, self._segments)
+        fmt.write_index(path, self.n_bits, self._next_id, self._segments,
+                        semantic_bits=self.semantic_bits)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool | None = None, *,
@@ -488,17 +664,29 @@ class HammingIndex:
             mmap: memory-map the arrays (opens in O(1), pages load on use) instead of reading.
             verify: check section checksums; ``None``: unless memory-mapping a file over
                 :data:`ahcl.index.format.VERIFY_LIMIT` (sizes are always checked).
-            mih, threads: as in the constructor.
+            mih, threads: as in the constructor (``semantic_bits`` comes from the file; files of
+                format version 1 hold plain indexes).
 
         Raises:
             IndexFileError: missing, truncated, corrupted or of another format version.
         """
         header, segment = fmt.read_index(path, mmap=mmap, verify=verify)
-        index = cls(header["n_bits"], mih=mih, threads=threads)
+        index = cls(header["n_bits"], semantic_bits=header["semantic_bits"], mih=mih,
+                    threads=threads)
         index._next_id = int(header["next_id"])
         if len(segment):
             index._segments.append(segment)
         return index
+
+
+def _pad(k_out: int, *columns: tuple[np.ndarray, int]) -> tuple[np.ndarray, ...]:
+    """Each ``(array (nq, k), fill)`` widened to ``k_out`` columns with ``fill``."""
+    out = []
+    for arr, fill in columns:
+        if arr.shape[1] < k_out:
+            arr = np.pad(arr, ((0, 0), (0, k_out - arr.shape[1])), constant_values=fill)
+        out.append(arr)
+    return tuple(out)
 
 
 def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
@@ -516,13 +704,17 @@ def search_results(index: HammingIndex, query_codes: np.ndarray, k: int,
         classes: names of labels ``0..len-1`` (``Hit.class_name``), if known.
 
     Returns:
-        Per query, up to ``k`` hits in (distance, id) order (padding dropped).
+        Per query, up to ``k`` hits in (distance, id) order (padding dropped); a split index's
+        are in (semantic distance, instance distance, id) order, with ``Hit.distance`` the
+        semantic distance and ``Hit.instance_distance`` the instance distance (``None`` for a
+        plain index).
     """
-    d, p, i = index._search(query_codes, k)
+    d, di, p, i = index._search_split(query_codes, k)
     labels = index.labels
     out = []
-    for row_d, row_p, row_i in zip(d, p, i):
+    for row_d, row_di, row_p, row_i in zip(d, di, p, i):
         valid = row_p >= 0
         out.append(hits_from_rows(row_i[valid], row_d[valid], labels[row_p[valid]],
-                                  index._meta_at(row_p[valid]), classes))
+                                  index._meta_at(row_p[valid]), classes,
+                                  instance_distances=row_di[valid] if index.split else None))
     return out

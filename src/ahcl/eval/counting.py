@@ -14,6 +14,17 @@ gives every relevant item's precision, hence AP, AP@k, P@k and R@k, while the bi
 give the tie-aware AP (a closed form per bin), the PR curve and the precision within a radius.
 The pass touches each item once; everything after it works on the relevant items and the
 ``n_bits + 1`` bins.
+
+**Split codes** (``semantic_bits`` class-level bits first, then ``instance_bits`` instance-level
+bits) are ranked by (semantic distance, instance distance, database index). With
+``R = instance_bits + 1`` the integer key ``R * d_sem + d_inst`` (``= d + instance_bits * d_sem``,
+``d`` the whole distance; :func:`row_key`) has that order and takes ``(semantic_bits + 1) * R``
+values, so the same pass runs over key bins instead of distance bins: ranks, AP, AP@k, P@k and
+R@k follow the stable order (key, index), and the tie-aware AP treats items with equal keys as
+tied. A semantic distance ``s`` is the run of key bins ``s * R .. s * R + R - 1``, so the PR
+curve and the precision within a radius (on the semantic distance) read the bins' cumulative
+totals at ``(s + 1) * R``. Plain codes are the case ``R = 1`` (the key is the distance) and keep
+the popcount-only pass (:func:`_distances`).
 """
 
 from __future__ import annotations
@@ -49,13 +60,42 @@ def _distances(q, db, w, out):
             out[j] = s
 
 
+@njit(cache=True, nogil=True, inline="always")
+def row_key(q, db, j, w, ms, scale):
+    """Key of row ``j`` of the flat ``uint64 (n * w,)`` rows ``db``: ``d + scale * d_sem``, with
+    ``d = popcount(q ^ row)``, ``d_sem`` the same within the semantic masks ``ms`` (``uint64
+    (w,)``) and ``scale = instance_bits`` (``uint64``); with ``scale == 0`` (plain codes) the
+    distance. Returns ``int64``."""
+    d = np.uint64(0)
+    sem = np.uint64(0)
+    for c in range(w):
+        x = q[c] ^ db[j * w + c]
+        d += popcount64(x)
+        sem += popcount64(x & ms[c])
+    return np.int64(d + scale * sem)
+
+
 @njit(cache=True, nogil=True)
-def _one_query(i, dist, relevant, ks, harmonic, n_bits, out_ap, out_tie, out_ap_at, out_hits,
-               out_recall, out_pr_p, out_pr_r, rec_d, rec_seen, rec_rel, seen, seen_rel):
+def _keys(q, db, w, ms, scale, out):
+    """``out[j] = row_key(q, db, j, w, ms, scale)`` for every row (split codes)."""
+    n = out.shape[0]
+    if w == 1:
+        q0, m0 = q[0], ms[0]
+        for j in range(n):
+            x = q0 ^ db[j]
+            out[j] = popcount64(x) + scale * popcount64(x & m0)
+    else:
+        for j in range(n):
+            out[j] = row_key(q, db, j, w, ms, scale)
+
+
+@njit(cache=True, nogil=True)
+def _one_query(i, dist, relevant, ks, harmonic, levels, radix, out_ap, out_tie, out_ap_at,
+               out_hits, out_recall, out_pr_p, out_pr_r, rec_d, rec_seen, rec_rel, seen, seen_rel):
     """Counting pass and statistics of query ``i`` (see the module docstring); writes row ``i``
-    of the outputs. ``relevant``: ``uint8 (n,)``."""
+    of the outputs. ``dist``: the rows' keys (distances for plain codes) in ``0..levels - 1``;
+    ``radix``: key bins per PR-curve level (1 for plain codes). ``relevant``: ``uint8 (n,)``."""
     n = dist.shape[0]
-    levels = n_bits + 1
     seen[:] = 0
     seen_rel[:] = 0
     r = 0
@@ -92,12 +132,14 @@ def _one_query(i, dist, relevant, ks, harmonic, n_bits, out_ap, out_tie, out_ap_
         h = out_hits[i, x]
         out_recall[i, x] = h / safe
         out_ap_at[i, x] = out_ap_at[i, x] / h if h > 0 else 0.0
+    for lv in range(out_pr_p.shape[1]):  # PR level lv: every key bin below (lv + 1) * radix
+        top = (lv + 1) * radix
+        out_pr_r[i, lv] = rel_below[top] / safe
+        total = below[top]
+        out_pr_p[i, lv] = rel_below[top] / total if total > 0 else 0.0
     tie = 0.0
     for d in range(levels):
         t, rr = seen[d], seen_rel[d]
-        out_pr_r[i, d] = rel_below[d + 1] / safe
-        total = below[d + 1]
-        out_pr_p[i, d] = rel_below[d + 1] / total if total > 0 else 0.0
         if rr == 0:
             continue
         # E[sum of precisions at the bin's relevant items] over random orders within the bin:
@@ -111,12 +153,15 @@ def _one_query(i, dist, relevant, ks, harmonic, n_bits, out_ap, out_tie, out_ap_
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def query_stats(qw, dw, n_bits, q_labels, db_labels, relevance, ks, harmonic):
+def query_stats(qw, dw, semantic_bits, radix, ms, q_labels, db_labels, relevance, ks, harmonic):
     """Statistics of every query of a block.
 
     Args:
         qw: ``uint64 (c, W)`` query words; dw: ``uint64 (n * W,)`` database rows.
-        n_bits: code length.
+        semantic_bits: bits ranked first (``n_bits`` for plain codes).
+        radix: ``instance_bits + 1`` (1 for plain codes): the keys are
+            ``radix * d_sem + d_inst``, in ``0..(semantic_bits + 1) * radix - 1``.
+        ms: ``uint64 (W,)`` word masks of the semantic bits (unused for plain codes).
         q_labels, db_labels: ``int32 (c,)`` / ``int32 (n,)`` dense class ids (relevant: equal),
             used when ``relevance`` has no rows.
         relevance: ``uint8 (c, n)`` (multi-hot labels) or ``(0, 0)``.
@@ -125,15 +170,17 @@ def query_stats(qw, dw, n_bits, q_labels, db_labels, relevance, ks, harmonic):
 
     Returns:
         ``ap (c,)``, ``tie (c,)``, ``ap_at (c, nk)``, ``hits (c, nk)``, ``recall (c, nk)``,
-        ``pr_p (c, n_bits + 1)``, ``pr_r (c, n_bits + 1)``, ``n_rel (c,)``.
+        ``pr_p (c, semantic_bits + 1)``, ``pr_r (c, semantic_bits + 1)``, ``n_rel (c,)``.
     """
     c, w = qw.shape
     n = dw.shape[0] // w
     nk = ks.shape[0]
-    levels = n_bits + 1
+    pr_levels = semantic_bits + 1
+    levels = pr_levels * radix
+    scale = np.uint64(radix - 1)
     ap, tie = np.zeros(c), np.zeros(c)
     ap_at, hits, recall = np.zeros((c, nk)), np.zeros((c, nk), dtype=np.int64), np.zeros((c, nk))
-    pr_p, pr_r = np.zeros((c, levels)), np.zeros((c, levels))
+    pr_p, pr_r = np.zeros((c, pr_levels)), np.zeros((c, pr_levels))
     n_rel = np.zeros(c, dtype=np.int64)
     by_labels = relevance.shape[0] == 0
     n_blocks = (c + 31) // 32
@@ -146,7 +193,10 @@ def query_stats(qw, dw, n_bits, q_labels, db_labels, relevance, ks, harmonic):
         seen = np.empty(levels, dtype=np.int64)
         seen_rel = np.empty(levels, dtype=np.int64)
         for i in range(blk * 32, min(c, blk * 32 + 32)):
-            _distances(qw[i], dw, w, dist)
+            if scale == 0:
+                _distances(qw[i], dw, w, dist)
+            else:
+                _keys(qw[i], dw, w, ms, scale, dist)
             if by_labels:
                 lab = q_labels[i]
                 for j in range(n):
@@ -154,6 +204,7 @@ def query_stats(qw, dw, n_bits, q_labels, db_labels, relevance, ks, harmonic):
                 row = rel
             else:
                 row = relevance[i]
-            n_rel[i] = _one_query(i, dist, row, ks, harmonic, n_bits, ap, tie, ap_at, hits,
-                                  recall, pr_p, pr_r, rec_d, rec_seen, rec_rel, seen, seen_rel)
+            n_rel[i] = _one_query(i, dist, row, ks, harmonic, levels, radix, ap, tie, ap_at,
+                                  hits, recall, pr_p, pr_r, rec_d, rec_seen, rec_rel, seen,
+                                  seen_rel)
     return ap, tie, ap_at, hits, recall, pr_p, pr_r, n_rel

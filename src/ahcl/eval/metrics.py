@@ -17,11 +17,19 @@ Conventions (every number in :class:`RetrievalReport` follows them):
 * **PR curve / precision within radius.** For radius ``r`` the retrieved set is every item at
   distance ``<= r``; precision of an empty retrieved set is 0 (as in DPSH/HashNet's "precision
   within Hamming radius 2"). Both curves are means over all queries.
+* **Split codes** (``semantic_bits``: the first ``semantic_bits`` bits are a class-level code,
+  the other ``instance_bits = n_bits - semantic_bits`` an instance-level one). The database is
+  ranked by (semantic distance, instance distance, database index): ``map`` and every ``@k``
+  metric use this order, and ``map_tie_aware`` treats items tied on *both* distances as tied.
+  The PR curve and ``precision_at_radius`` are defined on the **semantic** distance alone
+  (retrieved set: semantic distance ``<= r``), so they have ``semantic_bits + 1`` levels.
+  ``semantic_bits=None`` or ``n_bits`` means plain codes, exactly as above.
 
 Cost: per query one popcount pass over the database and one counting pass in database order
 (:mod:`ahcl.eval.counting`: a relevant item's rank is the number of items in the bins below its
 distance plus those met before it in its own bin), no sort; everything else works on the
-relevant items and the ``n_bits + 1`` distance bins. Queries go in blocks (numba threads), and
+relevant items and the ``n_bits + 1`` distance bins (``(semantic_bits + 1) *
+(instance_bits + 1)`` key bins for split codes). Queries go in blocks (numba threads), and
 per-query values are summed in query order, so the result does not depend on the thread count.
 """
 
@@ -37,6 +45,7 @@ from ahcl._progress import progress_bar
 from ahcl.errors import AhclError
 from ahcl.eval.counting import query_stats
 from ahcl.index.kernels import thread_limit
+from ahcl.index.lexicographic import split_masks
 from ahcl.index.packing import as_packed
 
 DEFAULT_CURVE_KS = (1, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
@@ -52,6 +61,9 @@ class EvaluationError(AhclError, ValueError):
 @dataclass(frozen=True)
 class PRCurve:
     """Mean precision and recall when every item within Hamming radius ``r`` is retrieved.
+
+    For split codes the radius is on the semantic distance and there are ``semantic_bits + 1``
+    levels instead of ``n_bits + 1``.
 
     Attributes:
         radius: ``int64 (n_bits + 1,)``, ``0..n_bits``.
@@ -79,10 +91,13 @@ class RetrievalReport:
         map_at: ``{k: mean AP@k}`` (normalised by relevant items retrieved within the top k).
         precision_at: ``{k: mean P@k}``.
         recall_at: ``{k: mean R@k}``.
-        pr_curve: precision / recall for Hamming radius ``0..n_bits``.
-        precision_at_radius: mean precision within Hamming radius ``radius``.
+        pr_curve: precision / recall for Hamming radius ``0..n_bits`` (split codes: semantic
+            distance ``0..semantic_bits``).
+        precision_at_radius: mean precision within Hamming radius ``radius`` (split codes:
+            semantic distance ``<= radius``).
         radius: the radius used for ``precision_at_radius``.
         n_queries, n_db, n_bits: sizes.
+        semantic_bits: the class-level bits ranked first, for split codes; None for plain ones.
         n_queries_without_relevant: queries with no relevant database item (counted with AP 0).
         precision_curve_ks: the ks of ``precision_curve`` (all ``<= n_db``).
         precision_curve: mean P@k at each of ``precision_curve_ks``, for P@K plots.
@@ -102,9 +117,11 @@ class RetrievalReport:
     n_queries_without_relevant: int
     precision_curve_ks: list[int] = field(default_factory=list)
     precision_curve: list[float] = field(default_factory=list)
+    semantic_bits: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict: plain floats, ints and lists; ``@k`` dict keys as strings."""
+        """JSON-safe dict: plain floats, ints and lists; ``@k`` dict keys as strings. A split
+        report adds ``semantic_bits``; a plain one has exactly the keys it always had."""
         return {
             "map": float(self.map),
             "map_tie_aware": float(self.map_tie_aware),
@@ -120,13 +137,13 @@ class RetrievalReport:
             "n_queries_without_relevant": int(self.n_queries_without_relevant),
             "precision_curve_ks": [int(k) for k in self.precision_curve_ks],
             "precision_curve": [float(p) for p in self.precision_curve],
-        }
+        } | ({} if self.semantic_bits is None else {"semantic_bits": int(self.semantic_bits)})
 
 
 def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.ndarray,
              db_labels: np.ndarray, topk: Sequence[int] = (10, 100, 1000), radius: int = 2,
              *, curve_ks: Sequence[int] | None = None, chunk: int | None = None,
-             threads: int | None = None) -> RetrievalReport:
+             threads: int | None = None, semantic_bits: int | None = None) -> RetrievalReport:
     """Rank the database for every query by Hamming distance and report retrieval metrics.
 
     Args:
@@ -136,11 +153,16 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
         db_codes: same format as ``query_codes``, ``(n, ...)``.
         db_labels: same kind as ``query_labels``, ``(n,)`` or ``(n, K)``.
         topk: the ks of ``map_at`` / ``precision_at`` / ``recall_at`` (each ``>= 1``).
-        radius: Hamming radius of ``precision_at_radius`` (clipped to ``n_bits``).
+        radius: Hamming radius of ``precision_at_radius`` (clipped to ``n_bits``; for split
+            codes a semantic distance, clipped to ``semantic_bits``).
         curve_ks: ks of ``precision_curve``; default :data:`DEFAULT_CURVE_KS` (those ``<= n``).
         chunk: queries per block (default: about 8 MB of working memory per block).
         threads: threads working on query blocks (default: the number of CPUs); the result does
             not depend on it beyond floating-point summation order.
+        semantic_bits: split codes: the first ``semantic_bits`` bits (a multiple of 8, 8 to
+            ``n_bits``) are ranked first, the rest break ties (see the module conventions); the
+            PR curve and ``precision_at_radius`` then use the semantic distance. None or
+            ``n_bits``: plain codes.
 
     Returns:
         A :class:`RetrievalReport`. Queries with no relevant item count with AP = 0 (they are
@@ -148,7 +170,7 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
 
     Raises:
         EvaluationError: empty inputs, mismatched code widths, label shapes or kinds, or a
-            bad ``topk`` / ``curve_ks`` / ``radius`` / ``chunk``.
+            bad ``topk`` / ``curve_ks`` / ``radius`` / ``chunk`` / ``semantic_bits``.
     """
     qc, dc = _packed(query_codes, "query_codes"), _packed(db_codes, "db_codes")
     if qc.shape[1] != dc.shape[1]:
@@ -158,6 +180,7 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
     if nq == 0 or n == 0 or n_bits == 0:
         raise EvaluationError(f"need at least one query, one database item and 8 bits, got "
                               f"{nq} queries, {n} database items, {n_bits} bits")
+    split = check_semantic_bits(semantic_bits, n_bits)
     relevance = _Relevance(query_labels, db_labels, nq, n)
     ks = _check_ks(topk, "topk")
     cks = [k for k in (_check_ks(curve_ks, "curve_ks") if curve_ks is not None
@@ -172,18 +195,44 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
         raise EvaluationError(f"chunk must be >= 1 queries, got {chunk}")
     chunk = min(chunk, nq)
     qw, dw = _words64(qc), _words64(dc).reshape(-1)
-    acc = _Accumulator(n, n_bits, np.minimum(np.array(ks + cks, dtype=np.int64), n))
+    sem_bits, radix, ms = split_params(n_bits, split)
+    acc = _Accumulator(n, n_bits, np.minimum(np.array(ks + cks, dtype=np.int64), n), split)
     starts = list(range(0, nq, chunk))
     bar = progress_bar(len(starts), desc="evaluate")
     with thread_limit(threads if threads is not None else (os.cpu_count() or 1)):
         for start in starts:
             stop = min(start + chunk, nq)
-            acc.add(*query_stats(qw[start:stop], dw, n_bits, relevance.q_ids[start:stop],
-                                 relevance.db_ids, relevance.block(start, stop),
-                                 acc.ks, acc.harmonic))
+            acc.add(*query_stats(qw[start:stop], dw, sem_bits, radix, ms,
+                                 relevance.q_ids[start:stop], relevance.db_ids,
+                                 relevance.block(start, stop), acc.ks, acc.harmonic))
             bar.update(1)
     bar.close()
     return acc.report(ks, cks, radius, nq)
+
+
+def check_semantic_bits(semantic_bits: int | None, n_bits: int) -> int | None:
+    """``semantic_bits`` checked against ``n_bits``: None for plain codes (None or ``n_bits``).
+
+    Raises:
+        EvaluationError: not an integer, not a multiple of 8, or outside ``8..n_bits``.
+    """
+    if semantic_bits is None:
+        return None
+    if isinstance(semantic_bits, bool) or not isinstance(semantic_bits, (int, np.integer)):
+        raise EvaluationError(f"semantic_bits must be an integer or None, got {semantic_bits!r}")
+    sem = int(semantic_bits)
+    if sem % 8 or not 8 <= sem <= n_bits:
+        raise EvaluationError(f"semantic_bits must be a multiple of 8 from 8 to n_bits="
+                              f"{n_bits}, got {sem}")
+    return None if sem == n_bits else sem
+
+
+def split_params(n_bits: int, semantic_bits: int | None) -> tuple[int, int, np.ndarray]:
+    """``(semantic_bits, radix, masks)`` of the counting kernels: the bits ranked first
+    (``n_bits`` for plain codes), ``instance_bits + 1`` (1 for plain codes) and the ``uint64
+    (W,)`` word masks of the semantic bits (:func:`ahcl.index.lexicographic.split_masks`)."""
+    sem = n_bits if semantic_bits is None else semantic_bits
+    return sem, n_bits - sem + 1, split_masks(n_bits, sem)
 
 
 def _words64(codes: np.ndarray) -> np.ndarray:
@@ -275,9 +324,10 @@ class _Relevance:
 class _Accumulator:
     """Sums of per-query metrics, added block by block in query order."""
 
-    def __init__(self, n: int, n_bits: int, ks: np.ndarray) -> None:
-        self.n, self.n_bits, self.ks = n, n_bits, ks
-        self.levels = n_bits + 1
+    def __init__(self, n: int, n_bits: int, ks: np.ndarray, semantic_bits: int | None) -> None:
+        self.n, self.n_bits, self.ks, self.semantic_bits = n, n_bits, ks, semantic_bits
+        # PR-curve levels: distances 0..n_bits, or semantic distances 0..semantic_bits
+        self.levels = (n_bits if semantic_bits is None else semantic_bits) + 1
         # harmonic[i] = 1 + 1/2 + ... + 1/i, for the tie-aware closed form.
         self.harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
         self.ap = self.ap_tie = 0.0
@@ -304,7 +354,7 @@ class _Accumulator:
         n_top = len(ks)
         denom = np.minimum(self.ks, self.n) * nq
         precision = self.hits_at / denom
-        r = min(radius, self.n_bits)
+        r = min(radius, self.levels - 1)
         return RetrievalReport(
             map=self.ap / nq,
             map_tie_aware=self.ap_tie / nq,
@@ -318,4 +368,5 @@ class _Accumulator:
             n_queries_without_relevant=self.no_relevant,
             precision_curve_ks=list(cks),
             precision_curve=[float(p) for p in precision[n_top:]],
+            semantic_bits=self.semantic_bits,
         )

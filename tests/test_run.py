@@ -27,7 +27,7 @@ def run(good_run, tmp_path) -> Path:
 def test_every_file_is_listed(good_run) -> None:
     files = json.loads((good_run / "run.json").read_text())["files"]
     assert set(files) == {"config.json", "split.json", "model.pt", "db_codes.npy", "db.json",
-                          "code_state.npz"}
+                          "code_state.npz", "instance.npz"}
 
 
 def _flip(path: Path, at: int = 200, n: int = 64) -> None:

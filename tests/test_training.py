@@ -72,9 +72,10 @@ def test_encode_and_search(run_dir, tmp_path, capsys):
     assert len(hits) == 5
     dists = [h["distance"] for h in hits]
     assert dists == sorted(dists)
-    # Ties are broken by database row.
+    # Ranked by (semantic distance, instance distance), ties broken by database row.
     for a, b in zip(hits, hits[1:]):
-        assert (a["distance"], a["id"]) < (b["distance"], b["id"])
+        assert (a["distance"], a["instance_distance"], a["id"]) < \
+            (b["distance"], b["instance_distance"], b["id"])
     hits_api = run.search([img], k=5)[0]
     assert [h.id for h in hits_api] == [h["id"] for h in hits]
     assert [h.to_dict() for h in hits_api] == hits
@@ -250,13 +251,14 @@ def test_codes_for_labelled_items_land_near_their_class(run_dir):
     from ahcl.index.hamming import hamming_distances
 
     labels = np.arange(len(run.classes))
-    codes = run.codes_for_labelled(["x"] * len(labels), labels)
-    dist = hamming_distances(codes, run.db_codes).astype(float)
+    cut = run.semantic_bits // 8
+    codes = run.codes_for_labelled(run.db_paths[:len(labels)], labels)[:, :cut]
+    dist = hamming_distances(codes, np.ascontiguousarray(run.db_codes[:, :cut])).astype(float)
     same = np.array([dist[i, run.db_labels == i].mean() for i in labels])
     other = np.array([dist[i, run.db_labels != i].mean() for i in labels])
     assert (same < other).all()
     with pytest.raises(AhclError):
-        run.codes_for_labelled(["x"], np.array([99]))
+        run.codes_for_labelled(run.db_paths[:1], np.array([99]))
 
 
 def test_finetune_mode_end_to_end(synthetic_scenes, tmp_path, capsys):
@@ -304,11 +306,16 @@ def test_untrainable_methods_point_to_the_benchmark(synthetic_scenes, tmp_path, 
 
 
 def test_labelled_additions_depend_on_the_label_only(run_dir):
+    """The semantic code of a labelled addition depends on its label only; its instance code
+    is the image's own (the same as an unlabelled addition's)."""
     run = ahcl.load_run(run_dir)
-    one = run.codes_for_labelled(["a"], np.array([2]))
-    many = run.codes_for_labelled(["a", "b", "c", "d"], np.array([0, 2, 2, 1]))
-    np.testing.assert_array_equal(many[1], one[0])
-    np.testing.assert_array_equal(many[2], one[0])
+    cut = run.semantic_bits // 8
+    paths = run.db_paths[:4]
+    one = run.codes_for_labelled(paths[:1], np.array([2]))
+    many = run.codes_for_labelled(paths, np.array([0, 2, 2, 1]))
+    np.testing.assert_array_equal(many[1, :cut], one[0, :cut])
+    np.testing.assert_array_equal(many[2, :cut], one[0, :cut])
+    np.testing.assert_array_equal(many[:, cut:], run.encode(paths)[:, cut:])
 
 
 def test_bad_data_or_backbone_leaves_no_run_folder(synthetic_scenes, tmp_path):

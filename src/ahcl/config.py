@@ -61,6 +61,12 @@ class TrainConfig:
         compile: ``torch.compile`` the frozen backbone's inference form.
         augment: finetune mode's training augmentation, ``scene`` (random resized crop, flips,
             rotations by 90°) or ``none`` (:mod:`ahcl.data.transforms`).
+        instance_bits: bits of each item's code spent on the instance code that orders scenes
+            within a class (:mod:`ahcl.methods.instance`); the method learns the other
+            ``n_bits - instance_bits`` (the semantic code) and search ranks by (semantic
+            distance, instance distance, id). ``auto`` (:func:`split_bits`): a quarter of the bits
+            semantic (at least 8), the rest instance; ``0``: semantic codes only (the method
+            alone, as before 0.3).
         params: the method's hyper-parameters (``n_bits``, ``lam``, ``gamma``, ``seed``, ...):
             the method's own ``Params`` dataclass.
     """
@@ -82,6 +88,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     augment: str = "scene"
+    instance_bits: int | str = "auto"
     params: Any = field(default_factory=lambda: params_class(DEFAULT_METHOD)())
 
     def validate(self) -> "TrainConfig":
@@ -103,11 +110,16 @@ class TrainConfig:
                 setattr(self, name, value)
             if value is not None and not isinstance(value, str):
                 raise InvalidValueError(name, value, "a string")
+        self.split_bits()
         if self.augment not in AUGMENTATIONS:
             raise UnknownNameError("augmentation", self.augment, AUGMENTATIONS)
         params_class(self.method)
         self.placement()
         return self
+
+    def split_bits(self, feature_dim: int | None = None) -> tuple[int, int]:
+        """``(semantic_bits, instance_bits)`` of this config (see :func:`split_bits`)."""
+        return split_bits(self.params.n_bits, self.instance_bits, feature_dim)
 
     def placement(self) -> Placement:
         """The resolved device and precision (raises :class:`~ahcl.device.DeviceError`)."""
@@ -124,6 +136,35 @@ class TrainConfig:
         if "lr_milestones" in params:
             params["lr_milestones"] = list(params["lr_milestones"])
         return {**out, **params}
+
+
+def split_bits(n_bits: int, instance_bits: int | str = "auto",
+               feature_dim: int | None = None) -> tuple[int, int]:
+    """How ``n_bits`` per item are spent: ``(semantic_bits, instance_bits)``.
+
+    ``auto``: ``semantic = max(8, n_bits // 4)`` rounded down to a multiple of 8 (all of them
+    below 16 bits), the rest instance bits, but never more instance bits than the backbone has
+    feature dimensions (``feature_dim``, when known) — the semantic code takes what is left.
+    An explicit value must be a multiple of 8 leaving at least 8 semantic bits.
+
+    Raises:
+        InvalidValueError: a bad ``instance_bits``.
+    """
+    check_int("n_bits", n_bits, 8)
+    if instance_bits == "auto":
+        semantic = n_bits if n_bits < 16 else max(8, n_bits // 4 // 8 * 8)
+        instance = n_bits - semantic
+        if feature_dim is not None:
+            instance = min(instance, int(feature_dim) // 8 * 8)
+        return n_bits - instance, instance
+    words = f"'auto' or a multiple of 8 in 0..{max(0, n_bits - 8)} (at least 8 semantic bits)"
+    if isinstance(instance_bits, bool) or not isinstance(instance_bits, int) \
+            or instance_bits < 0 or instance_bits % 8 or n_bits - instance_bits < 8:
+        raise InvalidValueError("instance_bits", instance_bits, words)
+    if feature_dim is not None and instance_bits > feature_dim:
+        raise InvalidValueError("instance_bits", instance_bits,
+                                f"at most the backbone's {feature_dim} feature dimensions")
+    return n_bits - instance_bits, instance_bits
 
 
 _RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"params"}

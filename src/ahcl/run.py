@@ -3,11 +3,14 @@
 Layout of a run folder (every file written atomically; ``run.json`` last, as the mark of a
 complete run)::
 
-    run.json          format, version, n_bits, method, sizes, sha256 of db_codes.npy
+    run.json          format, version, n_bits (and semantic_bits, instance_bits), method, sizes,
+                      sha256 of every other file
     config.json       the resolved training config (replays the run)
     split.json        query / database indices and image paths
     model.pt          the network's state_dict (loaded with torch.load(weights_only=True))
-    db_codes.npy      learned database codes, packed uint8 (n, n_bits/8)
+    db_codes.npy      database codes, packed uint8 (n, n_bits/8): the learned (semantic) code,
+                      then the instance code (:mod:`ahcl.methods.instance`) when the run has one
+    instance.npz      the instance projection (mean, weights), runs with instance bits only
     db.json           data root, database paths (relative to it), labels, class names
     code_state.npz    M = UᵀU, R (per-class sums of u), r, λ: the code step for new labelled items
     metrics.jsonl     one JSON line per outer iteration
@@ -33,15 +36,22 @@ from ahcl.device import CPU, Placement
 from ahcl.device import placement as device_placement
 from ahcl.encoder import Encoder
 from ahcl.errors import RunError
+from ahcl.data.alter import altered_copies, near_duplicate_rows
 from ahcl.eval.metrics import RetrievalReport, evaluate
+from ahcl.eval.near_duplicates import (NearDuplicateReport, near_duplicate_ranks,
+                                       near_duplicate_report)
 from ahcl.index import HammingIndex
+from ahcl.index.index import search_results
 from ahcl.index.hits import Hit
 from ahcl.index.packing import pack_codes
 from ahcl.methods.ahcl import CodeState, code_new_rows
+from ahcl.methods.instance import InstanceProjection
 from ahcl.methods.registry import KINDS
 
 RUN_FORMAT = "ahcl-run"
-RUN_VERSION = 1
+RUN_VERSION = 2  # 2: instance codes (semantic_bits, instance_bits, instance.npz)
+READ_VERSIONS = (1, 2)
+INSTANCE = "instance.npz"
 RUN_FILES = ("run.json", "config.json", "split.json", "model.pt", "db_codes.npy", "db.json")
 ASYMMETRIC_FILES = ("code_state.npz",)  # runs of the asymmetric methods only (AHCL, ADSH)
 CHECKPOINT = "checkpoint.pt"
@@ -64,12 +74,14 @@ class Run:
     Attributes:
         path: the run folder.
         config: the resolved training config (flat dict).
-        n_bits: code length.
+        n_bits: bits per item (semantic plus instance).
         classes: class names; labels index into them.
-        db_codes: packed uint8 (n, n_bits/8) learned database codes.
+        db_codes: packed uint8 (n, n_bits/8) database codes (learned semantic code, then the
+            instance code).
         db_labels: int64 (n,).
         db_paths: absolute database image paths (n,).
         data_root: the dataset folder the run was trained on.
+        instance: the instance projection (``None``: a run without instance bits).
     """
 
     path: Path
@@ -84,12 +96,45 @@ class Run:
     placement: Placement = CPU
     num_workers: int | None = None
     compile: bool = False
+    instance: InstanceProjection | None = field(default=None, repr=False)
     _encoder: Any = field(default=None, repr=False)
     _index: Any = field(default=None, repr=False)
 
     @property
     def method(self) -> str:
         return str(self.config["method"])
+
+    @property
+    def instance_bits(self) -> int:
+        """Bits of each code spent on the instance code (0: none)."""
+        return self.instance.n_bits if self.instance is not None else 0
+
+    @property
+    def semantic_bits(self) -> int:
+        """Bits of the learned (semantic) code: the first ones of each code."""
+        return self.n_bits - self.instance_bits
+
+    def check_index(self, index: HammingIndex, where: str | Path) -> None:
+        """Refuse an index whose codes this run does not make (another width or split).
+
+        Raises:
+            RunError: naming both and what to do.
+        """
+        def shape(n_bits: int, semantic: int) -> str:
+            return f"{n_bits}-bit codes" + (f" ({semantic} semantic + {n_bits - semantic} "
+                                            "instance bits)" if semantic != n_bits else "")
+
+        mine, theirs = shape(self.n_bits, self.semantic_bits), shape(index.n_bits,
+                                                                     index.semantic_bits)
+        if mine != theirs:
+            raise RunError(f"run {self.path} makes {mine} but {where} holds {theirs}: use the "
+                           "run the index was built from, or rebuild the index with this run",
+                           path=str(where))
+
+    def new_index(self, **options: Any) -> HammingIndex:
+        """An empty :class:`HammingIndex` for this run's codes (split into semantic and instance
+        bits when the run has instance codes); ``options`` go to its constructor."""
+        return HammingIndex(self.n_bits, semantic_bits=self.semantic_bits, **options)
 
     def encoder(self) -> Encoder:
         """The query encoder (network + backbone), built on first use from ``model.pt``."""
@@ -99,7 +144,7 @@ class Run:
                                                len(self.classes), source=model,
                                                placement=self.placement,
                                                num_workers=self.num_workers,
-                                               compile=self.compile)
+                                               compile=self.compile, instance=self.instance)
         return self._encoder
 
     def encode(self, paths: Sequence[str | Path]) -> np.ndarray:
@@ -110,11 +155,13 @@ class Run:
         """Network codes of in-memory RGB PIL images: packed uint8 (len(images), n_bits/8)."""
         return self.encoder().encode_images(images)
 
-    def codes_for_labelled(self, paths: Sequence[str | Path], labels: np.ndarray) -> np.ndarray:
+    def codes_for_labelled(self, paths: Sequence[str | Path], labels: np.ndarray, *,
+                           images: Sequence[Any] | None = None) -> np.ndarray:
         """Database codes for new labelled images: the code step for those rows alone.
 
-        The code depends only on the label and the stored code-step statistics, not on the
-        pixels; ``paths`` is taken for symmetry with :meth:`encode` and checked for length.
+        The semantic code depends only on the label and the stored code-step statistics, not on
+        the pixels; the instance code (runs that have one) is computed from the images: the
+        files ``paths``, or the in-memory PIL ``images`` when given (uploads not yet stored).
         """
         labels = np.asarray(labels, dtype=np.int64)
         if len(paths) != len(labels):
@@ -132,11 +179,16 @@ class Run:
             raise RunError(f"{self.path / 'code_state.npz'} is unreadable "
                            f"({type(exc).__name__}): the run is damaged",
                            path=self.path / "code_state.npz") from None
-        return pack_codes(code_new_rows(state, labels, self.n_bits))
+        semantic = pack_codes(code_new_rows(state, labels, self.semantic_bits))
+        if self.instance is None:
+            return semantic
+        instance = self.encoder().instance_codes(paths, images=images)
+        return np.ascontiguousarray(np.hstack([semantic, instance]))
 
     def search(self, paths: Sequence[str | Path], k: int = 10) -> list[list[Hit]]:
         """Encode ``paths`` and rank the database: for each query, the ``k`` nearest hits
-        ordered by (Hamming distance, database row)."""
+        ordered by (semantic distance, instance distance, database row) — by (Hamming distance,
+        row) for a run without instance codes."""
         return self.search_codes(self.encode(paths), k)
 
     def queries(self, folder: str | Path | None = None) -> tuple[list[str], np.ndarray]:
@@ -168,18 +220,28 @@ class Run:
                  topk: Sequence[int] = (10, 100, 1000)) -> RetrievalReport:
         """Encode the queries (see :meth:`queries`) and score them against the database codes."""
         paths, labels = self.queries(folder)
-        return evaluate(self.encode(paths), labels, self.db_codes, self.db_labels, topk=topk)
+        return evaluate(self.encode(paths), labels, self.db_codes, self.db_labels, topk=topk,
+                        semantic_bits=self.semantic_bits if self.instance is not None else None)
+
+    def near_duplicates(self, n: int = 500, seed: int = 0) -> NearDuplicateReport:
+        """The near-duplicate protocol (:mod:`ahcl.data.alter`): ``n`` database images, each
+        altered (crop, quarter turn, brightness, JPEG), encoded as queries; where does each
+        one's source rank in the database? Same ranking as :meth:`search`."""
+        rows = near_duplicate_rows(len(self.db_paths), n, seed)
+        codes = self.encode_images(altered_copies(self.db_paths, rows, seed))
+        ranks = near_duplicate_ranks(codes, self.db_codes, rows,
+                                     semantic_bits=self.semantic_bits if self.instance else None)
+        return near_duplicate_report(ranks, n_db=len(self.db_codes))
 
     def search_codes(self, query_codes: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Rank the database for packed query codes (see :meth:`search`)."""
         if self._index is None:
-            # ids = database rows, so the index's (distance, id) order is (distance, row).
-            self._index = HammingIndex(self.n_bits)
-            self._index.add(self.db_codes)
-        D, I = self._index.search(query_codes, min(k, len(self.db_labels)))
-        return [[Hit(int(j), int(d), int(self.db_labels[j]), self.classes[self.db_labels[j]],
-                     self.db_paths[j], {"path": self.db_paths[j]}) for d, j in zip(drow, irow)]
-                for drow, irow in zip(D, I)]
+            # ids = database rows, so the index's (key, id) order is (key, row).
+            self._index = self.new_index()
+            self._index.add(self.db_codes, labels=self.db_labels,
+                            meta=[{"path": p} for p in self.db_paths])
+        return search_results(self._index, query_codes, min(k, len(self.db_labels)),
+                              classes=self.classes)
 
 
 def load_run(path: str | Path, *, device: str | Any = "auto", precision: str = "auto",
@@ -212,11 +274,12 @@ def load_run(path: str | Path, *, device: str | Any = "auto", precision: str = "
             else ""
         raise RunError(f"{path} is not a complete run: missing {', '.join(missing)}{hint}")
     info = _read_mapping(path / "run.json")
-    if info.get("format") != RUN_FORMAT or info.get("version") != RUN_VERSION:
+    if info.get("format") != RUN_FORMAT or info.get("version") not in READ_VERSIONS:
         raise RunError(f"{path} is a run of format {info.get('format')!r} version "
                        f"{info.get('version')!r}; this ahcl reads {RUN_FORMAT} version {RUN_VERSION}",
                        path=path)
     _verify_files(path, info)
+    instance = _read_instance(path, info)
     config = _read_mapping(path / "config.json")
     db = _read_mapping(path / "db.json")
     try:
@@ -241,7 +304,26 @@ def load_run(path: str | Path, *, device: str | Any = "auto", precision: str = "
     return Run(path=path, config=config, n_bits=n_bits, classes=list(db["classes"]),
                db_codes=codes, db_labels=labels, db_paths=[str(root / p) for p in paths],
                data_root=root, info=info, placement=place, num_workers=num_workers,
-               compile=compile)
+               compile=compile, instance=instance)
+
+
+def _read_instance(path: Path, info: dict[str, Any]) -> InstanceProjection | None:
+    """The run's instance projection (``None`` when run.json gives it no instance bits)."""
+    bits = info.get("instance_bits", 0)
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits < 0:
+        raise RunError(f"{path / 'run.json'}: instance_bits {bits!r} is not a count", path=path)
+    if bits == 0:
+        return None
+    try:
+        with np.load(path / INSTANCE, allow_pickle=False) as z:
+            projection = InstanceProjection.from_arrays({k: z[k] for k in ("mean", "weights")})
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise RunError(f"{path / INSTANCE} is unreadable ({exc}): the run is damaged",
+                       path=path / INSTANCE) from None
+    if projection.n_bits != bits:
+        raise RunError(f"{path / INSTANCE} makes {projection.n_bits}-bit instance codes but "
+                       f"run.json says {bits}", path=path / INSTANCE)
+    return projection
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -351,7 +433,7 @@ class FinishedRun:
         net_state: the network's ``state_dict``.
         backbone_state: a random frozen backbone's ``state_dict`` (kept rather than re-seeded),
             else ``None``.
-        db_codes: packed uint8 (n, n_bits/8) learned database codes.
+        db_codes: packed uint8 (n, n_bits/8) database codes (semantic, then instance).
         code_state: the code-step statistics (asymmetric methods), else ``None``.
         data_root: the dataset folder.
         classes: class names.
@@ -359,6 +441,7 @@ class FinishedRun:
         db_labels: int64 (n,).
         n_query: number of held-out queries.
         timings: seconds spent (features, training, total, ...).
+        instance: the instance projection, if the run has instance bits.
     """
 
     method: str
@@ -373,6 +456,7 @@ class FinishedRun:
     db_labels: np.ndarray
     n_query: int
     timings: dict[str, Any]
+    instance: InstanceProjection | None = None
 
 
 def finish_run(out: Path, run: FinishedRun) -> None:
@@ -397,9 +481,15 @@ def finish_run(out: Path, run: FinishedRun) -> None:
     checked = ["config.json", "split.json", "model.pt", "db_codes.npy", "db.json"]
     if run.code_state is not None:
         checked.append("code_state.npz")
+    instance_bits = run.instance.n_bits if run.instance is not None else 0
+    if run.instance is not None:
+        with atomic_write(out / INSTANCE) as f:
+            np.savez(f, **run.instance.to_arrays())
+        checked.append(INSTANCE)
     atomic_write_json(out / "run.json", {
         "format": RUN_FORMAT, "version": RUN_VERSION, "ahcl_version": __version__,
-        "method": run.method, "n_bits": run.n_bits, "n_db": int(len(run.db_labels)),
+        "method": run.method, "n_bits": run.n_bits, "semantic_bits": run.n_bits - instance_bits,
+        "instance_bits": instance_bits, "n_db": int(len(run.db_labels)),
         "n_query": int(run.n_query), "n_classes": len(run.classes),
         "db_codes_sha256": sha256_file(out / "db_codes.npy"),
         "files": {name: sha256_file(out / name) for name in checked},

@@ -20,9 +20,11 @@ from ahcl.data.transforms import training_transform
 from ahcl.device import Placement
 from ahcl.encoder import build_backbone
 from ahcl.errors import AhclError
-from ahcl.methods.feeders import ImageFeeder
+from ahcl.methods.feeders import ImageFeeder, ViewFeeder
+from ahcl.methods.instance import QUARTER_TURNS, InstanceProjection, fit_instance_projection
 from ahcl.methods.registry import KINDS, get_trainable
-from ahcl.models.features import extract_features
+from ahcl.models.features import extract_features, image_features
+from ahcl.models.inference import InferenceBackbone, inference_model
 from ahcl.run import (CHECKPOINT, FinishedRun, Run, check_target, finish_run, load_run,
                       read_metrics, start_run, write_metrics)
 
@@ -86,6 +88,7 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     # leaves no half-made run folder behind.
     data = prepare_data(config)
     backbone = build_backbone(resolved)
+    semantic_bits, instance_bits = config.split_bits(backbone.feature_dim)
     dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     writer = dist.rank() == 0
     if writer:
@@ -94,13 +97,15 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     db_labels = data.labels[db_rows]
 
     t_feat = time.perf_counter()
-    inputs, trainable_backbone = _inputs(config, data.abs_paths(db_rows), backbone, place)
+    db_paths = data.abs_paths(db_rows)
+    inputs, trainable_backbone, views = _inputs(config, db_paths, backbone, place, instance_bits)
     features_s = time.perf_counter() - t_feat
 
     asymmetric = KINDS[config.method] == "asymmetric"
     if not asymmetric and dist.is_distributed():
         raise AhclError(f"{config.method} trains in one process only; run it without torchrun")
-    method = get_trainable(config.method)(**dataclasses.asdict(config.params))
+    method = get_trainable(config.method)(**{**dataclasses.asdict(config.params),
+                                             "n_bits": semantic_bits})
     method_history: list[dict[str, Any]] = read_metrics(out) if resume else []
 
     def record(row: dict[str, Any]) -> None:
@@ -113,21 +118,27 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
     method.fit(inputs, db_labels, n_classes=len(data.classes), backbone=trainable_backbone,
                checkpoint=out / CHECKPOINT, on_iteration=record, placement=place)
     train_s = time.perf_counter() - t_train
+    t_inst = time.perf_counter()
+    instance, instance_codes = _instance_codes(config, db_paths, backbone, place, instance_bits,
+                                               views)
+    instance_s = time.perf_counter() - t_inst
     if not writer:
         dist.barrier()  # rank 0 writes the run
         return load_run(out, **opened)
     # The checkpoint's history is the truth (metrics.jsonl may be one line behind a crash).
     write_metrics(out, method.history_)
     random_frozen = config.mode == "frozen" and not config.pretrained
+    db_codes = method.db_codes_ if instance is None else np.ascontiguousarray(
+        np.hstack([method.db_codes_, instance_codes]))
     finish_run(out, FinishedRun(
-        method=config.method, n_bits=config.params.n_bits,
+        method=config.method, n_bits=config.params.n_bits, instance=instance,
         net_state={k: v.cpu() for k, v in method.net_.state_dict().items()},
         # A random frozen backbone is part of the model: keep it rather than trust a re-seed.
         backbone_state=backbone.state_dict() if random_frozen else None,
-        db_codes=method.db_codes_, code_state=method.code_state_ if asymmetric else None,
+        db_codes=db_codes, code_state=method.code_state_ if asymmetric else None,
         data_root=data.root, classes=data.classes, db_paths=[data.paths[i] for i in db_rows],
         db_labels=db_labels, n_query=len(data.split.query),
-        timings={"features_s": features_s, "train_s": train_s,
+        timings={"features_s": features_s, "train_s": train_s, "instance_s": instance_s,
                  "total_s": time.perf_counter() - tic, "processes": dist.world_size(),
                  "device": str(place.device), "precision": place.precision,
                  "note": "seconds of this process; a resumed run counts only its last part"}))
@@ -136,20 +147,56 @@ def train_run(config: TrainConfig, out: str | Path, resume: bool = False,
 
 
 def _inputs(config: TrainConfig, db_paths: list[str], backbone: Any,
-            place: Placement) -> tuple[Any, Any]:
-    """What the method is fed: cached features (frozen) or images, and the trainable backbone."""
+            place: Placement, instance_bits: int) -> tuple[Any, Any, list[np.ndarray] | None]:
+    """What the method is fed: cached features (frozen) or images, the trainable backbone, and
+    (frozen mode) the features of the database in its quarter turns when anything needs them:
+    the ``scene`` augmentation (each training item in a random turn, :class:`ViewFeeder`) or the
+    instance codes."""
     if config.mode != "frozen":
         augment = training_transform(config.augment, backbone.transform)
         return ImageFeeder(db_paths, backbone.transform, num_workers=config.workers(),
-                           train_transform=augment), backbone
+                           train_transform=augment), backbone, None
+    model = inference_model(backbone, place, compile=config.compile)
+    turns = QUARTER_TURNS if (config.augment == "scene" or instance_bits) else 1
+    views = [_cached_features(config, db_paths, model.turned(k)) for k in range(turns)]
+    inputs = ViewFeeder(views) if config.augment == "scene" else views[0]
+    return inputs, None, views if turns > 1 else None
+
+
+def _cached_features(config: TrainConfig, paths: list[str], model: InferenceBackbone
+                     ) -> np.ndarray:
+    """Frozen features of ``paths`` through the feature cache, shared out under torchrun."""
     options = {"cache_dir": config.feature_cache, "batch_size": config.batch_size_features,
-               "num_workers": config.workers(), "placement": place, "compile": config.compile}
+               "num_workers": config.workers()}
     if dist.is_distributed():
         # Each rank computes its share into the shared cache (one segment file per process),
         # then every rank reads all of them back from it.
-        extract_features(db_paths[dist.shard_slice(len(db_paths))], backbone, **options)
+        extract_features(paths[dist.shard_slice(len(paths))], model, **options)
         dist.barrier()
-    return extract_features(db_paths, backbone, **options), None
+    return extract_features(paths, model, **options)
+
+
+def _instance_codes(config: TrainConfig, db_paths: list[str], backbone: Any, place: Placement,
+                    n_bits: int, views: list[np.ndarray] | None
+                    ) -> tuple[InstanceProjection | None, np.ndarray | None]:
+    """Fit the instance projection on the database's features in its four quarter turns
+    (:mod:`ahcl.methods.instance`) and code the database with it.
+
+    Frozen mode reuses the cached turned ``views`` of training; finetune mode computes all four
+    views with the finetuned backbone (no cache: its weights are not what the backbone's
+    weights id names).
+    """
+    if n_bits == 0:
+        return None, None
+    if views is None:
+        model = inference_model(backbone, place)
+        views = [image_features(db_paths, model.turned(k), batch_size=config.batch_size_features,
+                                num_workers=config.workers()) for k in range(QUARTER_TURNS)]
+    try:
+        projection = fit_instance_projection(views, n_bits, seed=int(config.params.seed))
+    except ValueError as exc:
+        raise AhclError(f"cannot fit the instance codes: {exc}") from None
+    return projection, projection.codes(views[0])
 
 
 def train(out: str | Path, *, resume: bool = False, **values: Any) -> Run:

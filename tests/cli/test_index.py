@@ -11,6 +11,7 @@ import pytest
 
 from ahcl.cli import index as index_cli
 from ahcl.cli import main
+from ahcl.errors import RunError
 from ahcl.index import HammingIndex
 
 N_BITS = 32
@@ -27,6 +28,15 @@ class FakeRun:
         self.db_labels = np.array([0, 0, 1, 1, 0, 1], dtype=np.int64)
         self.db_paths = [f"/data/img{j}.tif" for j in range(6)]
         self.labelled_calls: list[list[int]] = []
+        self.semantic_bits = n_bits
+
+    def new_index(self) -> HammingIndex:
+        return HammingIndex(self.n_bits)
+
+    def check_index(self, index: HammingIndex, where: object) -> None:
+        if index.n_bits != self.n_bits:
+            raise RunError(f"run makes {self.n_bits}-bit codes but {where} holds "
+                           f"{index.n_bits}-bit codes")
 
     def encode(self, paths: list[str]) -> np.ndarray:
         return np.array([[len(p) % 256] * (self.n_bits // 8) for p in paths], dtype=np.uint8)

@@ -56,13 +56,21 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def reference_hits(query: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int,
-                   radius: int | None = None, exclude: int | None = None) -> list[tuple[int, int]]:
-    """Explicit loop: (id, Hamming distance) of the k nearest, ordered by (distance, id)."""
+                   radius: int | None = None, exclude: int | None = None,
+                   semantic_bits: int | None = None) -> list[tuple[int, int]]:
+    """Explicit loop: (id, distance) of the k nearest, ordered by (distance, id) — with
+    ``semantic_bits``, by (semantic distance, instance distance, id), the distance shown (and
+    bounded by ``radius``) being the semantic one."""
+    cut = len(query) if semantic_bits is None else semantic_bits // 8
+
+    def popcount(a: np.ndarray, b: np.ndarray) -> int:
+        return sum(bin(int(x) ^ int(y)).count("1") for x, y in zip(a, b))
+
     rows = []
     for code, i in zip(codes, ids):
         if i == exclude:
             continue
-        d = sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(query, code))
+        d, d_inst = popcount(query[:cut], code[:cut]), popcount(query[cut:], code[cut:])
         if radius is None or d <= radius:
-            rows.append((int(d), int(i)))
-    return [(i, d) for d, i in sorted(rows)[:k]]
+            rows.append((int(d), d_inst, int(i)))
+    return [(i, d) for d, _, i in sorted(rows)[:k]]

@@ -42,7 +42,8 @@ def test_health_info_classes(api, tiny_run_dir: Path) -> None:
     assert (info["items"], info["n_bits"], info["classes"]) == (72, 32, run.classes)
     assert info["model"] == {"method": "ahcl", "backbone": "tiny_cnn", "mode": "frozen",
                              "run": "run"}
-    assert info["index"] == {"format_version": 1, "revision": 0, "persisted": False}
+    assert (info["semantic_bits"], info["instance_bits"]) == (8, 24)
+    assert info["index"] == {"format_version": 2, "revision": 0, "persisted": False}
     assert info["writes"] == "token"
     counts = np.bincount(run.db_labels, minlength=len(run.classes))
     assert client.get("/api/classes").json() == {
@@ -105,7 +106,7 @@ def test_search_by_upload_matches_brute_force(api, tiny_run_dir: Path) -> None:
     code = archive.run.encode_images([Image.open(io.BytesIO(data)).convert("RGB")])[0]
     assert body["query"]["code"]["hex"] == bytes(code).hex()
     assert len(body["query"]["code"]["bits"]) == 32
-    want = reference_hits(code, run.db_codes, np.arange(72), 7)
+    want = reference_hits(code, run.db_codes, np.arange(72), 7, semantic_bits=run.semantic_bits)
     assert [(h["id"], h["distance"]) for h in body["hits"]] == want
     for h in body["hits"]:
         assert h["label"] == run.db_labels[h["id"]] and h["class"] == run.classes[h["label"]]
@@ -118,7 +119,8 @@ def test_search_by_id_excludes_the_query(api, tiny_run_dir: Path) -> None:
     body = client.post("/api/search", json={"id": 30, "k": 9}).json()
     assert body["query"]["id"] == 30 and body["query"]["label"] == run.db_labels[30]
     assert body["query"]["code"]["hex"] == bytes(run.db_codes[30]).hex()
-    want = reference_hits(run.db_codes[30], run.db_codes, np.arange(72), 9, exclude=30)
+    want = reference_hits(run.db_codes[30], run.db_codes, np.arange(72), 9, exclude=30,
+                          semantic_bits=run.semantic_bits)
     assert [(h["id"], h["distance"]) for h in body["hits"]] == want
 
 
@@ -127,11 +129,13 @@ def test_search_within_radius(api, tiny_run_dir: Path) -> None:
     run = load_run(tiny_run_dir)
     body = client.post("/api/search", json={"id": 0, "k": 1000, "radius": 6}).json()
     want = reference_hits(run.db_codes[0], run.db_codes, np.arange(72), 1000, radius=6,
-                          exclude=0)
+                          exclude=0, semantic_bits=run.semantic_bits)
     assert [(h["id"], h["distance"]) for h in body["hits"]] == want
-    capped = client.post("/api/search", json={"id": 0, "k": 2, "radius": 32}).json()
+    capped = client.post("/api/search", json={"id": 0, "k": 2,
+                                               "radius": run.semantic_bits}).json()
     assert [(h["id"], h["distance"]) for h in capped["hits"]] == reference_hits(
-        run.db_codes[0], run.db_codes, np.arange(72), 2, exclude=0)
+        run.db_codes[0], run.db_codes, np.arange(72), 2, exclude=0,
+        semantic_bits=run.semantic_bits)
 
 
 @pytest.mark.parametrize("payload, status", [
@@ -185,8 +189,10 @@ def test_add_labelled_and_unlabelled_then_delete(api, run_dir: Path) -> None:
     assert [it["id"] for it in items] == [72, 73] and r.json()["count"] == 74
     forest = run.classes.index("forest")
     assert all(it["label"] == forest and it["class"] == "forest" for it in items)
-    want = run.codes_for_labelled(["a", "b"], np.array([forest, forest]))
+    images = [Image.open(io.BytesIO(png)).convert("RGB") for png in (first, second)]
+    want = run.codes_for_labelled(["a", "b"], np.array([forest, forest]), images=images)
     assert archive.code_of(72).tobytes() == want[0].tobytes()
+    assert archive.code_of(73).tobytes() == want[1].tobytes()
     r = client.post("/api/items", headers=AUTH, files={"image": ("c.png", first)})
     (plain,) = r.json()["items"]
     assert plain["label"] == -1 and plain["class"] is None

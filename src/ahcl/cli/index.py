@@ -67,6 +67,8 @@ def info_cmd(args: argparse.Namespace) -> int:
         "path": str(Path(args.index).resolve()),
         "format_version": header["version"],
         "n_bits": index.n_bits,
+        "semantic_bits": index.semantic_bits,
+        "instance_bits": index.instance_bits,
         "n": len(index),
         "next_id": header["next_id"],
         "file_bytes": header["file_size"],
@@ -87,7 +89,7 @@ def build_cmd(args: argparse.Namespace) -> int:
     if args.images is not None:
         return _build_from_images(args)
     run = load_run(args.run, **run_options(args))
-    index = HammingIndex(run.n_bits)
+    index = run.new_index()
     ids = index.add(run.db_codes, labels=run.db_labels,
                     meta=[{"path": str(p)} for p in run.db_paths])
     index.save(args.out)
@@ -103,7 +105,7 @@ def _build_from_images(args: argparse.Namespace) -> int:
     codes = encode_files_sharded(run, paths, shards, part_size=args.part_size)
     if codes is None:  # not rank 0
         return 0
-    index = HammingIndex(run.n_bits)
+    index = run.new_index()
     ids = index.add(codes, meta=[{"path": p} for p in paths])
     index.save(args.out)
     shutil.rmtree(shards, ignore_errors=True)  # the index is saved: the parts are spent
@@ -115,9 +117,7 @@ def _build_from_images(args: argparse.Namespace) -> int:
 def add_cmd(args: argparse.Namespace) -> int:
     index = HammingIndex.load(args.index)
     run = load_run(args.run, **run_options(args))
-    if run.n_bits != index.n_bits:
-        raise AhclError(f"run {args.run} makes {run.n_bits}-bit codes but {args.index} holds "
-                        f"{index.n_bits}-bit codes; use the run the index was built from")
+    run.check_index(index, args.index)
     paths = [str(Path(p).resolve()) for p in args.images]
     if args.label is None:
         labels = np.full(len(paths), -1, dtype=np.int64)

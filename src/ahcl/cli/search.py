@@ -14,7 +14,9 @@ from ahcl.run import load_run
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find the archive images nearest to query images",
                        description="Rank a run's database (or an index built from it) for each "
-                                   "query image by Hamming distance.")
+                                   "query image by Hamming distance: semantic distance first, "
+                                   "then instance distance (d=, inst=) for runs with instance "
+                                   "bits.")
     p.add_argument("source", metavar="RUN_OR_INDEX")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-k", type=int, default=10,
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
             raise AhclError("searching an index needs --run RUN to encode the query images")
         index = HammingIndex.load(source)
         run = load_run(args.run, **run_options(args))
+        run.check_index(index, source)
         # k is clamped to the archive's size: the answer is the same and nothing is sized by k.
         results = search_results(index, run.encode(args.images), min(args.k, max(len(index), 1)),
                                  classes=run.classes)
@@ -47,5 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"# {img}")
         for rank, h in enumerate(hits, 1):
             label = h.class_name if h.class_name is not None else h.label
-            print(f"{rank:3d}  d={h.distance:<3d} {label!s:<16} {h.path or ''}")
+            dist = f"d={h.distance:<3d}" if h.instance_distance is None else \
+                f"d={h.distance:<3d} inst={h.instance_distance:<3d}"
+            print(f"{rank:3d}  {dist} {label!s:<16} {h.path or ''}")
     return 0

@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.add_argument("--method", choices=TRAINABLE,
                    help=f"{DEFAULT_METHOD} (default) or another method with a query network")
-    p.add_argument("--bits", type=int, help="code length n_bits (multiple of 8; default 32)")
+    p.add_argument("--bits", type=int, help="bits per item, n_bits (multiple of 8; default 32): "
+                   "semantic plus instance bits")
+    p.add_argument("--instance-bits", type=_instance_bits, metavar="N|auto",
+                   help="of those, bits of the instance code that orders scenes within a class "
+                        "(default auto: three quarters; 0: the method's codes alone)")
     p.add_argument("--backbone", help="backbone name (default mobilenet_v2)")
     p.add_argument("--mode", choices=("frozen", "finetune"))
     p.add_argument("--no-pretrained", action="store_true", help="random backbone initialisation")
@@ -49,6 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _instance_bits(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or an integer") from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults ← YAML ← flags ← --set."""
     values = load_yaml_config(args.config) if args.config else {}
@@ -56,7 +69,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              "n_bits": args.bits, "backbone": args.backbone, "mode": args.mode,
              "query_fraction": args.query_fraction, "split": args.split, "seed": args.seed,
              "device": args.device, "precision": args.precision, "num_workers": args.workers,
-             "compile": args.compile, "augment": args.augment}
+             "compile": args.compile, "augment": args.augment,
+             "instance_bits": args.instance_bits}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.no_pretrained:
         values["pretrained"] = False
@@ -82,11 +96,14 @@ def run(args: argparse.Namespace) -> int:
     if dist.rank() != 0:
         return 0
     summary = {"run": str(result.path), "method": result.method, "n_bits": result.n_bits,
+               "semantic_bits": result.semantic_bits, "instance_bits": result.instance_bits,
                "n_db": int(len(result.db_labels)), "classes": result.classes}
     if args.json:
         print_json(summary)
     else:
-        print(f"trained {result.method} ({result.n_bits} bits) on {summary['n_db']} database "
+        split = (f": {result.semantic_bits} semantic + {result.instance_bits} instance"
+                 if result.instance_bits else "")
+        print(f"trained {result.method} ({result.n_bits} bits{split}) on {summary['n_db']} database "
               f"images of {len(result.classes)} classes -> {result.path}")
         print(f"next: ahcl evaluate {result.path}   |   ahcl search {result.path} IMAGE")
     return 0

@@ -30,6 +30,24 @@ class RandomRot90:
         return "RandomRot90()"
 
 
+class QuarterTurn:
+    """Rotate a PIL image by ``k`` quarter turns (exact, ``Image.transpose``), then apply
+    ``then``: a fixed view of an image (the instance codes' rotated database views)."""
+
+    _OPS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+            Image.Transpose.ROTATE_270)
+
+    def __init__(self, k: int, then) -> None:
+        self.k = int(k) % 4
+        self.then = then
+
+    def __call__(self, img: Image.Image):
+        return self.then(img.transpose(self._OPS[self.k]) if self.k else img)
+
+    def __repr__(self) -> str:
+        return f"QuarterTurn({self.k}, {self.then!r})"
+
+
 def scene_augmentation(crop_size: int, mean: Sequence[float], std: Sequence[float],
                        scale: tuple[float, float] = (0.5, 1.0)) -> v2.Compose:
     """PIL RGB image → normalised float32 (3, crop, crop): random resized crop (``scale`` of the

@@ -279,8 +279,9 @@ class AHCL(HashingMethod):
             mine = [b[part] for b, part in zip(batches, parts)]
             # Per-item augmentation seeds, drawn only when there is augmentation, so that frozen
             # features (and unaugmented images) draw exactly what they always did.
-            seeds = ([rng.integers(2**62, size=len(b)) for b in mine] if feeder.augments
-                     else None)
+            # Drawn for whole batches and then shared out, so every rank count sees the same.
+            seeds = ([rng.integers(2**62, size=len(b))[part] for b, part in zip(batches, parts)]
+                     if feeder.augments else None)
             for full, part, idx, x in zip(batches, parts, mine,
                                           feeder.batches(mine, place, train=True, seeds=seeds)):
                 y = place.to_device(torch.from_numpy(labels[idx]))

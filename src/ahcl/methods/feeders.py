@@ -51,6 +51,35 @@ class FeatureFeeder:
             yield on[torch.from_numpy(np.asarray(idx, np.int64)).to(placement.device)]
 
 
+class ViewFeeder(FeatureFeeder):
+    """Rows of precomputed features in several views of each image (frozen mode's augmentation:
+    the four quarter turns). Training batches take, for each item, the view its seed picks
+    (``seed % V``); other batches take the first view (the image as it is)."""
+
+    def __init__(self, views: Sequence[np.ndarray]) -> None:
+        stacked = np.stack([np.asarray(v, dtype=np.float32) for v in views])
+        super().__init__(stacked[0])
+        self.views = stacked
+
+    #: Training batches are augmented (one view per item, from its seed).
+    augments = True
+
+    def batches(self, index_batches: Sequence[np.ndarray], placement: Placement = CPU,
+                train: bool = False, seeds: Sequence[np.ndarray] | None = None
+                ) -> Iterator[torch.Tensor]:
+        """As :meth:`FeatureFeeder.batches`; with ``train``, item ``i`` of batch ``k`` comes from
+        view ``seeds[k][i] % V``."""
+        if not train:
+            yield from super().batches(index_batches, placement)
+            return
+        if seeds is None:
+            raise ValueError("augmented training batches need one seed per item")
+        n_views = self.views.shape[0]
+        for idx, seed in zip(index_batches, seeds):
+            rows = self.views[np.asarray(seed, dtype=np.int64) % n_views, idx]
+            yield placement.to_device(torch.from_numpy(np.ascontiguousarray(rows)))
+
+
 class _ImageDataset(Dataset):
     """Item ``(i, seed)``: image ``i`` through the transform, seeded when ``seed >= 0``."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -221,6 +221,22 @@ def image_features(paths: Sequence[str | os.PathLike], model: InferenceBackbone,
     out, _ = _compute(model, [os.fspath(p) for p in paths], None, batch_size, num_workers,
                       True, None)
     return out
+
+
+def pil_features(images: Sequence[Any], model: InferenceBackbone,
+                 batch_size: int = 32) -> np.ndarray:
+    """Features of in-memory PIL images (uploads, altered copies), transformed in this process
+    (they are few and already decoded: no workers to start); no cache.
+
+    Returns:
+        ``float32 (len(images), feature_dim)``.
+    """
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([model.transform(img.convert("RGB"))
+                             for img in images[start:start + batch_size]])
+        out.append(model.features(batch))
+    return np.concatenate(out) if out else np.zeros((0, model.feature_dim), np.float32)
 
 
 def _inference_form(backbone: Backbone | InferenceBackbone, placement: Placement | None,

@@ -30,6 +30,7 @@ import torch
 import torch.fx.experimental.optimization
 from torch import nn
 
+from ahcl.data.transforms import QuarterTurn
 from ahcl.device import CPU, Placement
 from ahcl.errors import AhclError
 from ahcl.models.backbones import Backbone, form_tag
@@ -137,6 +138,21 @@ class InferenceBackbone(nn.Module):
         if isinstance(out, tuple):  # GoogLeNet / Inception return aux logits beside features
             out = out[0]
         return out.flatten(1)
+
+    def turned(self, k: int) -> "InferenceBackbone":
+        """This form reading every image rotated by ``k`` quarter turns first: the same network
+        (shared, not copied), its own transform and its own feature-cache key."""
+        k = int(k) % 4
+        if k == 0:
+            return self
+        view = copy.copy(self)  # shallow: the body is shared
+        # Own submodule table (the transform may be a registered torchvision preset), so the
+        # original keeps its transform.
+        object.__setattr__(view, "_modules", {k_: m for k_, m in self._modules.items()
+                                              if k_ != "transform"})
+        object.__setattr__(view, "transform", QuarterTurn(k, self.transform))
+        object.__setattr__(view, "cache_key", f"{self.cache_key}|turn{k}")
+        return view
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, form={self.form!r}, folded={self.folded}"

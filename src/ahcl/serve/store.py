@@ -66,9 +66,7 @@ class Archive:
 
     def __init__(self, run: Run, index: HammingIndex, index_path: Path, images_dir: Path, *,
                  thumb_size: int = 160, thumb_cache: int = 4096) -> None:
-        if index.n_bits != run.n_bits:
-            raise AhclError(f"{index_path} holds {index.n_bits}-bit codes but run {run.path} "
-                            f"makes {run.n_bits}-bit codes: serve it with the run it was built from")
+        run.check_index(index, index_path)
         self.run = run
         self.index = index
         self.index_path = Path(index_path)
@@ -101,7 +99,7 @@ class Archive:
             if index_path.is_file():
                 index = HammingIndex.load(index_path)
             else:
-                index = HammingIndex(the_run.n_bits)
+                index = the_run.new_index()
                 index.add(the_run.db_codes, labels=the_run.db_labels,
                           meta=[{"path": p} for p in the_run.db_paths])
             return cls(the_run, index, index_path, source / "archive.images", **kwargs)
@@ -190,11 +188,13 @@ class Archive:
 
     def search(self, code: np.ndarray, k: int, radius: int | None = None,
                exclude: int | None = None) -> list[Hit]:
-        """Hits for one packed query code ``uint8 (1, n_bits/8)``, in (distance, id) order.
+        """Hits for one packed query code ``uint8 (1, n_bits/8)``, in (distance, id) order —
+        (semantic distance, instance distance, id) for a run with instance bits.
 
         Args:
             k: at most this many hits.
-            radius: only hits within this Hamming distance (inclusive).
+            radius: only hits within this Hamming distance (inclusive; of the semantic part
+                for a run with instance bits).
             exclude: an id to leave out (the query item itself).
 
         Returns:
@@ -206,10 +206,11 @@ class Archive:
             if radius is None:
                 hits = search_results(self.index, code, want, classes=self.classes)[0]
             else:
-                _, dist, ids = self.index.range_search(code, radius)
-                ids, dist = ids[:want], dist[:want]
+                _, dist, inst, ids = self.index.range_search_split(code, radius)
+                ids, dist, inst = ids[:want], dist[:want], inst[:want]
                 labels = self.index.labels_of(ids) if ids.shape[0] else ids
-                hits = hits_from_rows(ids, dist, labels, classes=self.classes)
+                hits = hits_from_rows(ids, dist, labels, classes=self.classes,
+                                      instance_distances=inst if self.index.split else None)
         return [h for h in hits if h.id != exclude][:k]
 
     # ------------------------------------------------------------------ writing
@@ -229,7 +230,9 @@ class Archive:
             codes = self.encode([u.image for u in uploads])
         else:
             labels = np.full(n, int(label), dtype=np.int64)
-            codes = self.run.codes_for_labelled([str(p) for p in paths], labels)
+            with self._encode_lock:
+                codes = self.run.codes_for_labelled([str(p) for p in paths], labels,
+                                                    images=[u.image for u in uploads])
         with self._lock:
             created: list[Path] = []
             ids = None
@@ -333,7 +336,9 @@ class Archive:
     def info(self) -> dict[str, Any]:
         """Sizes, model and index version (no file paths)."""
         cfg = self.run.config
-        return {"items": len(self), "n_bits": self.run.n_bits, "classes": list(self.classes),
+        return {"items": len(self), "n_bits": self.run.n_bits,
+                "semantic_bits": self.run.semantic_bits, "instance_bits": self.run.instance_bits,
+                "classes": list(self.classes),
                 "model": {"method": self.run.method, "backbone": cfg.get("backbone"),
                           "mode": cfg.get("mode"), "run": self.run.path.name},
                 "index": {"format_version": index_format.VERSION, "revision": self.revision,

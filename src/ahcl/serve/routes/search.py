@@ -53,7 +53,7 @@ def search_by_image(
         radius: Annotated[int | None, Form(ge=0, description="only hits within this "
                                                              "Hamming distance")] = None,
 ) -> dict[str, Any]:
-    n_bits = archive.run.n_bits
+    n_bits = archive.run.semantic_bits  # the radius applies to the semantic distance
     if radius is not None and radius > n_bits:
         raise HTTPException(422, f"radius must be in [0, {n_bits}], got {radius}")
     upload = decode_upload(image.file.read(), settings.max_pixels)

@@ -25,7 +25,14 @@ function status(text) { $("status").textContent = text; }
 
 function card(item, onClick) {
   const meta = [el("span", { textContent: item.class ?? "unlabelled" })];
-  if (item.distance !== undefined) meta.unshift(el("span", { className: "dist", textContent: `d=${item.distance}` }));
+  if (item.distance !== undefined) {
+    // Runs with instance bits rank by (semantic distance, instance distance): show both.
+    const inst = item.instance_distance ?? null;
+    const text = inst === null ? `d=${item.distance}` : `d=${item.distance}·${inst}`;
+    const title = inst === null ? "Hamming distance"
+      : "semantic distance · instance distance (ranked by the first, then the second)";
+    meta.unshift(el("span", { className: "dist", textContent: text, title }));
+  }
   meta.push(el("span", { className: "muted", textContent: `#${item.id}` }));
   const button = el("button", { className: "card", title: "search from this image" }, [
     el("img", { src: item.image_url, alt: item.class ?? `item ${item.id}`, loading: "lazy" }),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,12 @@ from ahcl.methods.registry import BUDGETS, get_method, list_methods
 from ahcl.models.backbones import create_backbone
 
 FORMAT = "ahcl-benchmark"
-VERSION = 1
+#: Version of ``benchmark.json`` and of the cells: 2 added the near-duplicate protocol
+#: (``near_duplicates`` in the identity, ``cell["near_duplicates"]``).
+VERSION = 2
 TOPK = (10, 100, 1000)
+#: Folder of the altered copies of the near-duplicate protocol, in the benchmark folder.
+NEAR_DUPLICATES_DIR = "near_duplicates"
 
 
 @dataclass
@@ -43,6 +48,8 @@ class BenchmarkConfig:
             identity, so a benchmark can be resumed elsewhere.
         num_workers: image-decoding processes (``None``: ``min(cores, 8)``).
         augment: finetune mode's training augmentation (``scene`` or ``none``).
+        near_duplicates: database images of the near-duplicate protocol (:mod:`ahcl.data.alter`,
+            drawn and altered with seed ``split_seed``; 0 disables it).
         command: the command line, recorded in the report.
     """
 
@@ -66,6 +73,7 @@ class BenchmarkConfig:
     precision: str = "auto"
     num_workers: int | None = None
     augment: str = "scene"
+    near_duplicates: int = 200
     command: str = ""
 
     def validate(self) -> "BenchmarkConfig":
@@ -82,6 +90,11 @@ class BenchmarkConfig:
             raise AhclError(f"mode must be frozen or finetune, got {self.mode!r}")
         if not 0 < self.query_fraction < 1 or not 0 < self.val_fraction < 1:
             raise AhclError("query_fraction and val_fraction must be in (0, 1)")
+        n_near = self.near_duplicates
+        if isinstance(n_near, bool) or not isinstance(n_near, numbers.Integral) or n_near < 0:
+            raise InvalidValueError("near_duplicates", n_near,
+                                    "an integer >= 0 (0 disables the near-duplicate protocol)")
+        self.near_duplicates = int(n_near)  # JSON-safe in the identity
         if self.tune_bits is None:
             self.tune_bits = 32 if 32 in self.bits else sorted(self.bits)[len(self.bits) // 2]
         self.placement()
@@ -105,7 +118,7 @@ class BenchmarkConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a finished cell depends on (methods/bits/seeds may grow on a rerun)."""
         keep = ("data", "dataset", "backbone", "pretrained", "mode", "query_fraction",
-                "split_seed", "val_fraction", "tune_bits", "tune_seed")
+                "split_seed", "val_fraction", "tune_bits", "tune_seed", "near_duplicates")
         if self.mode == "finetune":  # frozen features are never augmented
             keep += ("augment",)
         return {k: getattr(self, k) for k in keep}
@@ -127,11 +140,25 @@ class Workspace:
     backbone_s_per_image: float
     features_s: float
     weights_id: str
+    # The near-duplicate protocol: altered copies (PNG files) of the database positions
+    # ``near_sources`` (rows of ``db``, the order of a method's ``db_codes_``).
+    near_paths: list[str] = field(default_factory=list)
+    near_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    near_features: np.ndarray | None = None  # frozen mode: float32 (len(near_paths), d)
 
     def inputs(self, rows: np.ndarray, config: BenchmarkConfig) -> Any:
         if self.features is not None:
             return self.features[rows]
-        transform = create_backbone(config.backbone, pretrained=False).transform
-        return ImageFeeder([str(self.root / self.paths[i]) for i in rows], transform,
-                           num_workers=config.workers(),
-                           train_transform=training_transform(config.augment, transform))
+        return _feeder([str(self.root / self.paths[i]) for i in rows], config)
+
+    def near_inputs(self, config: BenchmarkConfig) -> Any:
+        """The altered copies, as :meth:`inputs` gives images: features (frozen) or a feeder."""
+        if self.near_features is not None:
+            return self.near_features
+        return _feeder(self.near_paths, config)
+
+
+def _feeder(paths: list[str], config: BenchmarkConfig) -> ImageFeeder:
+    transform = create_backbone(config.backbone, pretrained=False).transform
+    return ImageFeeder(paths, transform, num_workers=config.workers(),
+                       train_transform=training_transform(config.augment, transform))

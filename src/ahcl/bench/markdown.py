@@ -3,29 +3,55 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
-from ahcl.bench.summary import ACCURACY
+from ahcl.bench.summary import ACCURACY, clipped_k
+from ahcl.data.alter import BRIGHTNESS, CROP_FRACTION, JPEG_QUALITY
 from ahcl.methods.registry import DEFAULT_METHOD, MAX_TRIALS, SPECS, methods_of_kind
 
 
-def _table(results: dict[str, Any], key: str) -> list[str]:
+def _table(results: dict[str, Any], read: Callable[[dict[str, Any]], dict[str, float] | None]
+           ) -> list[str]:
+    """Method × bits of ``read(summary entry)`` (``{"mean", "std"}``, or None: no figure), the
+    highest mean of each column in bold."""
     summary, bits = results["summary"], [str(b) for b in results["config"]["bits"]]
-    best = {b: max((summary[m][b][key]["mean"] for m in summary if b in summary[m]), default=None)
+    figures = {m: {b: read(by_bits[b]) if b in by_bits else None for b in bits}
+               for m, by_bits in summary.items()}
+    best = {b: max((f[b]["mean"] for f in figures.values() if f[b] is not None), default=None)
             for b in bits}
     lines = ["| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
              "|---|" + "---|" * len(bits)]
-    for m, by_bits in summary.items():
+    for m, by_bits in figures.items():
         row = []
         for b in bits:
-            if b not in by_bits:
+            e = by_bits[b]
+            if e is None:
                 row.append("–")
                 continue
-            e = by_bits[b][key]
             text = f"{e['mean']:.4f} ± {e['std']:.4f}"
             row.append(f"**{text}**" if e["mean"] == best[b] else text)
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return lines
+
+
+def _near_duplicates(results: dict[str, Any]) -> list[str]:
+    """The near-duplicate recall@10 table (none when the protocol was off)."""
+    entries = [e["near_duplicates"] for by_bits in results["summary"].values()
+               for e in by_bits.values() if "near_duplicates" in e]
+    if not entries:
+        return []
+    k = clipped_k(10, results["data"]["n_db"])
+    return [f"## Near-duplicate recall@{k}", "",
+            "The same protocol for every method (that of `ahcl evaluate --near-duplicates`): "
+            f"{entries[0]['n']} database images, drawn with the split seed, are each altered once "
+            f"(crop to {CROP_FRACTION[0]:.0%}–{CROP_FRACTION[1]:.0%} of each side, rotation by "
+            f"0, 90, 180 or 270°, brightness ×{BRIGHTNESS[0]}–{BRIGHTNESS[1]}, JPEG quality "
+            f"{JPEG_QUALITY[0]}–{JPEG_QUALITY[1]}), encoded as queries and ranked against the "
+            f"database codes like the queries above; recall@{k} is the share of copies whose "
+            f"source image ranks in the first {k} (recall@1, @10 and @100, each cut-off clipped "
+            "to the database size, and the mean rank are in results.json).", "",
+            *_table(results, lambda e: e.get("near_duplicates", {}).get("recall_at", {}).get(k)),
+            ""]
 
 
 def _ms(seconds: float) -> str:
@@ -176,7 +202,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "## Does the paper's claim hold here?", "", *verdict(results), "",
     ]
     for key, title, _ in ACCURACY:
-        out += [f"## {title}", "", *_table(results, key), ""]
+        out += [f"## {title}", "", *_table(results, lambda e, key=key: e[key]), ""]
+    out += _near_duplicates(results)
     out += [f"## Efficiency ({results['plot_bits']} bits, mean over seeds)", "",
             f"Backbone time per image (decode + transform + forward, CPU, "
             f"{results['machine']['torch_threads']} torch threads): "

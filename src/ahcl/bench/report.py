@@ -15,7 +15,7 @@ import torchvision
 
 from ahcl._io import atomic_write_json, atomic_write_text
 from ahcl._version import __version__
-from ahcl.bench.config import BenchmarkConfig, Workspace
+from ahcl.bench.config import NEAR_DUPLICATES_DIR, BenchmarkConfig, Workspace
 from ahcl.bench.markdown import render_markdown
 from ahcl.bench.summary import mean_report, summarise
 from ahcl.eval.plots import plot_map_vs_bits, plot_pr_curve, plot_precision_at_k
@@ -56,14 +56,16 @@ def write_report(config: BenchmarkConfig, ws: Workspace, tuning: dict[str, Any],
     summary = summarise(cells, config.methods, config.bits)
     plot_bits = 32 if 32 in config.bits else int(config.tune_bits)
     results = {
-        "format": "ahcl-benchmark-results", "version": 1, "command": config.command,
+        "format": "ahcl-benchmark-results", "version": 2, "command": config.command,
         "config": dataclasses.asdict(config),
         "budgets": {m: config.budget(m) for m in config.methods},
         **environment(),
         "data": {"root": str(ws.root), "n_images": len(ws.paths), "classes": ws.classes,
                  "n_db": int(len(ws.db)), "n_query": int(len(ws.query)),
                  "n_train": int(len(ws.train)), "n_val": int(len(ws.val)),
-                 "backbone_weights": ws.weights_id},
+                 "backbone_weights": ws.weights_id,
+                 "near_duplicates": {"n": int(len(ws.near_sources)), "seed": config.split_seed,
+                                     "folder": NEAR_DUPLICATES_DIR}},
         "backbone_s_per_image": ws.backbone_s_per_image,
         "features_s": ws.features_s,
         "tuning": tuning,

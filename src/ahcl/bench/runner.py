@@ -15,11 +15,18 @@ Protocol (the same for every method, AHCL included):
    shared with AHCL's default), encodes the queries and is evaluated. The cell's
    result is written atomically to ``cells/<method>_<bits>_s<seed>.json``; a rerun skips cells
    (and tuning files) that exist, so an interrupted benchmark resumes where it stopped.
+4. Near duplicates (``near_duplicates`` images, 0 disables it): the protocol of ``ahcl evaluate
+   --near-duplicates`` (:mod:`ahcl.data.alter`) with seed ``split_seed``. That many database
+   images are drawn once (positions in the database order), altered (crop, quarter turn,
+   brightness, JPEG) and written once as ``near_duplicates/<i>.png`` (a resume reuses them).
+   Each cell encodes the copies as it encodes the queries and records where each copy's source
+   ranks in its database codes (recall@1/10/100, mean and median rank).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import time
 from pathlib import Path
@@ -27,16 +34,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ahcl._io import atomic_write_json
+from ahcl._io import atomic_write_bytes, atomic_write_json
 from ahcl._progress import progress_bar
-from ahcl.bench.config import FORMAT, TOPK, VERSION, BenchmarkConfig, Workspace
+from ahcl.bench.config import (FORMAT, NEAR_DUPLICATES_DIR, TOPK, VERSION, BenchmarkConfig,
+                               Workspace)
 from ahcl.bench.measure import PeakMemory, backbone_seconds_per_image, sample_rows
 from ahcl.bench.report import write_report
+from ahcl.data.alter import altered_copy, near_duplicate_rows
 from ahcl.data.folder import read_image_folder
 from ahcl.data.registry import dataset_root
 from ahcl.data.splits import carve_validation, make_split, save_split
 from ahcl.errors import AhclError
-from ahcl.eval import evaluate
+from ahcl.eval import evaluate, near_duplicate_ranks, near_duplicate_report
 from ahcl.methods.registry import GRIDS, KINDS, MAX_TRIALS, create_method
 from ahcl.models.backbones import create_backbone
 from ahcl.models.features import extract_features
@@ -50,13 +59,14 @@ def prepare(config: BenchmarkConfig, out: Path) -> Workspace:
     train, val = carve_validation(split.db, folder.labels, config.val_fraction, config.split_seed)
     backbone = create_backbone(config.backbone, pretrained=config.pretrained, seed=0)
     abs_paths = [str(Path(folder.root) / p) for p in folder.paths]
-    features, features_s = None, 0.0
-    if config.mode == "frozen":
-        tic = time.perf_counter()
-        features = extract_features(abs_paths, backbone, cache_dir=config.feature_cache,
-                                    placement=config.placement(),
-                                    num_workers=config.workers())
-        features_s = time.perf_counter() - tic
+    features, near_features, features_s = None, None, 0.0
+    if config.mode == "frozen":  # first, so that unreadable images are reported all at once
+        features, features_s = _features(abs_paths, backbone, config)
+    near_sources, near_paths = write_near_duplicates(
+        [abs_paths[i] for i in split.db], config.near_duplicates, config.split_seed, out)
+    if config.mode == "frozen" and near_paths:
+        near_features, seconds = _features(near_paths, backbone, config)
+        features_s += seconds
     timing = out / "backbone_timing.json"
     if timing.exists():  # measured once per benchmark folder, so a resume reports the same
         per_image = float(json.loads(timing.read_text())["seconds_per_image"])
@@ -67,7 +77,43 @@ def prepare(config: BenchmarkConfig, out: Path) -> Workspace:
                                    "what": "decode + transform + backbone forward, best of 2"})
     return Workspace(Path(folder.root), list(folder.paths), folder.labels, list(folder.classes),
                      split.query, split.db, train, val, features, per_image, features_s,
-                     backbone.weights_id)
+                     backbone.weights_id, near_paths, near_sources, near_features)
+
+
+def _features(paths: list[str], backbone: Any,
+              config: BenchmarkConfig) -> tuple[np.ndarray, float]:
+    """The frozen features of ``paths`` (through the cache) and the seconds they took."""
+    tic = time.perf_counter()
+    features = extract_features(paths, backbone, cache_dir=config.feature_cache,
+                                placement=config.placement(), num_workers=config.workers())
+    return features, time.perf_counter() - tic
+
+
+def write_near_duplicates(db_paths: list[str], n: int, seed: int,
+                          out: Path) -> tuple[np.ndarray, list[str]]:
+    """Draw ``n`` database positions and write each one's altered copy once.
+
+    The copies are ``out/near_duplicates/<i>.png`` (lossless, so the file is the altered image
+    exactly), written atomically; a file already there is reused, so a resumed benchmark encodes
+    the same copies. The draw and each copy are seeded (:mod:`ahcl.data.alter`), so they depend
+    on the database, ``n`` and ``seed`` only.
+
+    Returns:
+        ``(sources, paths)``: ``int64 (min(n, len(db_paths)),)`` positions in ``db_paths``, and
+        the copies' files in the same order.
+    """
+    sources = near_duplicate_rows(len(db_paths), n, seed)
+    folder = out / NEAR_DUPLICATES_DIR
+    paths = []
+    for i, row in enumerate(sources):
+        path = folder / f"{i}.png"
+        if not path.exists():
+            image, _ = altered_copy(db_paths[row], int(row), seed)
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            atomic_write_bytes(path, buf.getvalue())
+        paths.append(str(path))
+    return sources, paths
 
 
 def _fit(name: str, params: dict[str, Any], ws: Workspace, rows: np.ndarray,
@@ -120,6 +166,11 @@ def run_cell(name: str, n_bits: int, seed: int, chosen: dict[str, Any], config: 
         q_codes = method.encode(q_inputs)
         query_s = time.perf_counter() - tic
     report = evaluate(q_codes, ws.labels[ws.query], method.db_codes_, ws.labels[ws.db], topk=TOPK)
+    near = {}
+    if len(ws.near_sources):  # outside the timings: the same encoder pass as the queries'
+        ranks = near_duplicate_ranks(method.encode(ws.near_inputs(config)), method.db_codes_,
+                                     ws.near_sources)
+        near["near_duplicates"] = near_duplicate_report(ranks, n_db=len(ws.db)).to_dict()
     timings = getattr(method, "timings_", {})
     head_db_s = float(timings.get("db_codes_s", 0.0))
     kind = KINDS[name]
@@ -130,7 +181,7 @@ def run_cell(name: str, n_bits: int, seed: int, chosen: dict[str, Any], config: 
     db_codes_s = 0.0 if kind == "asymmetric" else head_db_s + backbone_q * n_db
     return {
         "method": name, "kind": kind, "n_bits": n_bits, "seed": seed,
-        "config": method.get_config(), "metrics": report.to_dict(),
+        "config": method.get_config(), "metrics": report.to_dict(), **near,
         "timings": {
             "train_s": fit_s - head_db_s,
             "db_codes_head_s": head_db_s if kind != "asymmetric" else 0.0,
@@ -147,17 +198,34 @@ def _check_identity(config: BenchmarkConfig, out: Path) -> None:
     path = out / "benchmark.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("identity") != config.identity():
+        identity = saved.get("identity")
+        upgrade = saved.get("version") == 1 and isinstance(identity, dict)
+        if upgrade:
+            # Version 1 had no near-duplicate protocol and its identity no such field: its cells
+            # are kept, those without near-duplicate figures are re-run (see _load_cell).
+            identity = {**identity, "near_duplicates": config.near_duplicates}
+        if identity != config.identity():
             raise AhclError(f"{out} holds a benchmark with other settings (data, backbone, mode, "
-                            "split or tuning); choose another --out")
+                            "split, tuning or near duplicates); choose another --out")
         budgets = saved.get("budgets", {})
         for name in config.methods:
             if name in budgets and budgets[name] != config.budget(name):
                 raise AhclError(f"{out} holds {name} results with another training budget; "
                                 "choose another --out")
+        if upgrade:
+            atomic_write_json(path, {**saved, "version": VERSION, "identity": identity})
     else:
         atomic_write_json(path, {"format": FORMAT, "version": VERSION,
                                  "identity": config.identity(), "budgets": {}})
+
+
+def _load_cell(path: Path, config: BenchmarkConfig) -> dict[str, Any] | None:
+    """The finished cell at ``path``, or None if it is missing or lacks the near-duplicate
+    figures the config asks for (a cell of a version-1 benchmark), so that it is re-run."""
+    if not path.exists():
+        return None
+    cell = json.loads(path.read_text())
+    return None if config.near_duplicates and "near_duplicates" not in cell else cell
 
 
 def _save_budgets(config: BenchmarkConfig, out: Path) -> None:
@@ -191,7 +259,8 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path,
     ws = prepare(config, out)
     todo_tune = [m for m in config.methods if not (out / "tuning" / f"{m}.json").exists()]
     cells = [(m, b, s) for m in config.methods for b in config.bits for s in config.seeds]
-    todo_cells = [c for c in cells if not cell_path(out, *c).exists()]
+    done = {c: _load_cell(cell_path(out, *c), config) for c in cells}
+    todo_cells = [c for c in cells if done[c] is None]
     total = sum(len(GRIDS.get(m, [{}])[:MAX_TRIALS]) for m in todo_tune) + len(todo_cells)
     bar = progress_bar(total, desc="benchmark runs", unit="run")
     results: list[dict[str, Any]] = []
@@ -201,14 +270,12 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path,
             tuning[name] = tune(name, config, ws, out, lambda: bar.update(1))
             for n_bits in config.bits:
                 for seed in config.seeds:
-                    path = cell_path(out, name, n_bits, seed)
-                    reused = path.exists()
-                    if reused:
-                        cell = json.loads(path.read_text())
-                    else:
+                    cell = done[(name, n_bits, seed)]
+                    reused = cell is not None
+                    if cell is None:
                         bar.set_postfix_str(f"{name} {n_bits} bits seed {seed}")
                         cell = run_cell(name, n_bits, seed, tuning[name]["chosen"], config, ws)
-                        atomic_write_json(path, cell)
+                        atomic_write_json(cell_path(out, name, n_bits, seed), cell)
                         bar.update(1)
                     results.append(cell)
                     if on_cell is not None:

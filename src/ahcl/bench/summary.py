@@ -43,12 +43,38 @@ def summarise(cells: list[dict[str, Any]], methods: list[str], bits: list[int]) 
                 entry[key] = {"mean": mean, "std": std}
             for key in EFFICIENCY:
                 entry[key] = _mean_std([c["timings"][key] for c in group])[0]
+            near = near_duplicate_summary(group)
+            if near is not None:
+                entry["near_duplicates"] = near
             peaks = [c["memory"]["peak_rss_mib"] for c in group]
             extras = [c["memory"]["extra_rss_mib"] for c in group]
             entry["peak_rss_mib"] = max(peaks) if None not in peaks else None
             entry["extra_rss_mib"] = max(extras) if None not in extras else None
             out[name][str(b)] = entry
     return out
+
+
+def clipped_k(k: int, n_db: int) -> str:
+    """The key of recall@``k`` in a near-duplicate report of ``n_db`` database items (the report
+    clips each cut-off to the database size)."""
+    return str(min(int(k), int(n_db)))
+
+
+def near_duplicate_summary(group: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean ± std over the seeds of ``group`` of the near-duplicate recall@k (the cut-offs of the
+    cells, as strings: those above the database size are clipped to it) and mean rank; None
+    when a cell has no near-duplicate figures (the protocol was off)."""
+    reports = [c.get("near_duplicates") for c in group]
+    if not reports or None in reports:
+        return None
+    ks = [k for k in reports[0]["recall_at"] if all(k in r["recall_at"] for r in reports)]
+    recall = {}
+    for k in ks:
+        mean, std = _mean_std([r["recall_at"][k] for r in reports])
+        recall[k] = {"mean": mean, "std": std}
+    mean, std = _mean_std([r["mean_rank"] for r in reports])
+    return {"n": int(reports[0]["n"]), "recall_at": recall,
+            "mean_rank": {"mean": mean, "std": std}}
 
 
 def mean_report(dicts: list[dict[str, Any]]) -> RetrievalReport:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ahcl.bench import BenchmarkConfig, run_benchmark
+from ahcl.bench.summary import clipped_k
 from ahcl.cli._common import add_device_args, run_options
 from ahcl.config import parse_set
 from ahcl.errors import AhclError
 from ahcl.methods.registry import list_methods
+
+NEAR_DUPLICATES = BenchmarkConfig.near_duplicates  # the library's default
 
 
 def _ints(text: str) -> list[int]:
@@ -47,6 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of the database used for model selection (default 0.2)")
     p.add_argument("--tune-bits", type=int, help="code length of model selection (default 32)")
     p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--near-duplicates", type=int, default=NEAR_DUPLICATES, metavar="N",
+                   help="database images altered (crop, quarter turn, brightness, JPEG) and "
+                   "searched for their source by every method, as in ahcl evaluate "
+                   "--near-duplicates, seeded by --split-seed "
+                   f"(default {NEAR_DUPLICATES}; 0 disables)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="change a method's fixed training budget, e.g. --set ahcl.outer_iters=5")
     p.add_argument("--threads", type=int, metavar="N",
@@ -86,7 +94,8 @@ def _command(args: argparse.Namespace) -> str:
     for flag, value, default in (("--query-fraction", args.query_fraction, 0.2),
                                  ("--val-fraction", args.val_fraction, 0.2),
                                  ("--tune-bits", args.tune_bits, None),
-                                 ("--split-seed", args.split_seed, 0)):
+                                 ("--split-seed", args.split_seed, 0),
+                                 ("--near-duplicates", args.near_duplicates, NEAR_DUPLICATES)):
         if value != default:
             words += [flag, str(value)]
     for item in args.set:
@@ -107,12 +116,22 @@ def run(args: argparse.Namespace) -> int:
         bits=args.bits, seeds=args.seeds, backbone=args.backbone, mode=args.mode,
         pretrained=not args.no_pretrained, query_fraction=args.query_fraction,
         val_fraction=args.val_fraction, tune_bits=args.tune_bits, split_seed=args.split_seed,
-        budgets=parse_budgets(args.set), **_device_options(args),
+        near_duplicates=args.near_duplicates, budgets=parse_budgets(args.set),
+        **_device_options(args),
         command=_command(args))
     results = run_benchmark(config, args.out)
     summary = results["summary"]
-    print(f"mAP@all (mean over seeds) -> {args.out}/results.md")
-    for method, by_bits in summary.items():
-        print(f"  {method:11s} " + "  ".join(f"{b}: {e['map']['mean']:.4f}"
-                                             for b, e in by_bits.items()))
+    _print_means(f"mAP@all (mean over seeds) -> {args.out}/results.md", summary,
+                 lambda e: e["map"])
+    k = clipped_k(10, results["data"]["n_db"])
+    if any("near_duplicates" in e for by_bits in summary.values() for e in by_bits.values()):
+        _print_means(f"near-duplicate recall@{k} (mean over seeds)", summary,
+                     lambda e: e["near_duplicates"]["recall_at"][k])
     return 0
+
+
+def _print_means(title: str, summary: dict[str, Any], read: Callable[[dict], dict]) -> None:
+    print(title)
+    for method, by_bits in summary.items():
+        print(f"  {method:11s} " + "  ".join(f"{b}: {read(e)['mean']:.4f}"
+                                             for b, e in by_bits.items()))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from ahcl.serve import Archive, ServeSettings, create_app
 from tests.serve._server import ServerThread
@@ -78,6 +81,71 @@ def test_upload_results_click_and_browse(browser, run_dir: Path, tmp_path: Path)
         assert page.locator("#results .card").count() == 12
         page.locator("#results .card").first.click()
         page.wait_for_selector("#results .hit")
+        assert not errors, errors
+        page.close()
+
+
+def test_results_show_both_distances_in_rank_order(browser, run_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """Issue #12: hits show ``d=semantic·instance`` in that pair's order, as a screenshot shows."""
+    archive = Archive.open(run_dir)
+    assert archive.run.instance_bits > 0  # the tiny run has 8 semantic + 24 instance bits
+    qid = 40
+    label = archive.item(qid)["label"]
+    k = 12
+    with ServerThread(create_app(archive, ServeSettings())) as server:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url + "/")
+        page.wait_for_selector("#class-list button")
+        page.fill("#k", str(k))
+        # search by clicking an archive image: browse its class, click it
+        page.locator("#class-list button").nth(label).click()
+        page.wait_for_function("document.getElementById('status').textContent"
+                               ".includes('click one to search from it')")
+        assert page.locator("#results .dist").count() == 0  # browsing shows no distances
+        page.locator(f'#results .card[data-id="{qid}"]').click()
+        page.wait_for_function(f"document.getElementById('query-what').textContent"
+                               f".startsWith('archive item #{qid} ')")
+        page.wait_for_selector("#results .hit")
+        hits = page.locator("#results .hit")
+        assert hits.count() == k
+
+        rows = hits.evaluate_all(
+            "els => els.map(e => [e.dataset.id, e.querySelector('.dist').textContent,"
+            " e.querySelector('.dist').title])")
+        shown = []
+        for hit_id, text, title in rows:
+            m = re.fullmatch(r"d=(\d+)·(\d+)", text)
+            assert m, text
+            assert title.startswith("semantic distance · instance distance")
+            shown.append((int(m[1]), int(m[2]), int(hit_id)))
+        # page order is (semantic, instance, id) ascending, and is the archive's own ranking
+        assert shown == sorted(shown)
+        expected = archive.search(archive.code_of(qid), k, exclude=qid)
+        assert shown == [(h.distance, h.instance_distance, h.id) for h in expected]
+        instance = [inst for _, inst, _ in shown]
+        assert len(set(instance)) > 1, shown  # distinct distances, not every hit at d=0
+
+        # the screenshot: the result grid with its thumbnails and distances drawn
+        page.wait_for_function("[...document.querySelectorAll('#results img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        shot = tmp_path / "distances.png"
+        page.locator("#results").screenshot(path=str(shot))
+        data = shot.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+        grid = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float64)
+        box = page.locator("#results").bounding_box()  # the shot is the grid's own box
+        assert box and abs(grid.shape[1] - box["width"]) <= 1
+        assert abs(grid.shape[0] - box["height"]) <= 1
+        assert grid.var() > 0  # not a blank area
+        # two hits whose distances differ are drawn differently: the labels' own pixels
+        other = next(i for i, v in enumerate(instance) if v != instance[0])
+        labels = [np.asarray(Image.open(io.BytesIO(hits.nth(i).locator(".dist").screenshot()))
+                             .convert("L")) for i in (0, other)]
+        assert all(lab.var() > 0 for lab in labels)
+        assert labels[0].shape != labels[1].shape or not np.array_equal(*labels)
         assert not errors, errors
         page.close()
 

@@ -4,6 +4,7 @@ and the one chunked file hasher every module uses."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,12 +12,20 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from ahcl.errors import DiskFullError
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# What torch.save's C++ writer says when a write fails (it loses the errno on the way).
+_TORCH_WRITE_FAILED = ("file write failed", "failed writing file")
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. A full disk
+    (``ENOSPC``/``EDQUOT``, or torch.save's "file write failed") becomes one
+    :class:`~ahcl.errors.DiskFullError` naming the file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,11 +36,28 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _disk_full(exc):
+            raise DiskFullError(f"cannot write {path}: no space left on the device (the previous "
+                                "file, if any, is unchanged); free some space and run again",
+                                path=str(path)) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception's chain (torch.save re-raises a failed write as a
+    RuntimeError while closing its archive), or torch's own write-failure message."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return True
+        if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILED):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _fsync_dir(directory: Path) -> None:

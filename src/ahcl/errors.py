@@ -95,3 +95,10 @@ class RunError(AhclError):
 
 class IndexFileError(AhclError):
     """An index file is truncated, corrupted or of an unknown version."""
+
+
+class DiskFullError(AhclError):
+    """A file could not be written because the disk (or quota) is full; nothing was replaced.
+
+    Fields: ``path`` (the file that was being written).
+    """

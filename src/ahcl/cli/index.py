@@ -13,6 +13,7 @@ from ahcl.cli._common import add_device_args, check_output_file, print_json, run
 from ahcl.data.folder import list_image_files
 from ahcl.errors import AhclError, UnknownNameError
 from ahcl.index import HammingIndex
+from ahcl.index.lock import writing
 from ahcl.index.format import read_header
 from ahcl.run import load_run
 from ahcl.sharded import encode_files_sharded
@@ -92,7 +93,8 @@ def build_cmd(args: argparse.Namespace) -> int:
     index = run.new_index()
     ids = index.add(run.db_codes, labels=run.db_labels,
                     meta=[{"path": str(p)} for p in run.db_paths])
-    index.save(args.out)
+    with writing(args.out):
+        index.save(args.out)
     _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index)})
     return 0
 
@@ -107,7 +109,8 @@ def _build_from_images(args: argparse.Namespace) -> int:
         return 0
     index = run.new_index()
     ids = index.add(codes, meta=[{"path": p} for p in paths])
-    index.save(args.out)
+    with writing(args.out):
+        index.save(args.out)
     shutil.rmtree(shards, ignore_errors=True)  # the index is saved: the parts are spent
     _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index),
                    "processes": dist.world_size()})
@@ -128,8 +131,13 @@ def add_cmd(args: argparse.Namespace) -> int:
                                    context="for this run")
         labels = np.full(len(paths), run.classes.index(args.label), dtype=np.int64)
         codes = run.codes_for_labelled(paths, labels)
-    ids = index.add(codes, labels=labels, meta=[{"path": p} for p in paths])
-    index.save(args.index)
+    # Encoding ran without the lock; the file is read again under it (another writer may have
+    # added since), verified in full (it is about to be re-saved), changed and saved.
+    with writing(args.index):
+        index = HammingIndex.load(args.index, verify=True)
+        run.check_index(index, args.index)
+        ids = index.add(codes, labels=labels, meta=[{"path": p} for p in paths])
+        index.save(args.index)
     _report(args, {"index": str(args.index), "added": int(ids.shape[0]), "n": len(index),
                    "ids": [int(i) for i in ids]})
     return 0

@@ -32,6 +32,7 @@ from ahcl.errors import AhclError
 from ahcl.index import HammingIndex, Hit, search_results
 from ahcl.index import format as index_format
 from ahcl.index.hits import hits_from_rows
+from ahcl.index.lock import writing
 from ahcl.run import Run, load_run
 from ahcl.serve.uploads import Upload
 
@@ -65,8 +66,11 @@ class Archive:
     """
 
     def __init__(self, run: Run, index: HammingIndex, index_path: Path, images_dir: Path, *,
-                 thumb_size: int = 160, thumb_cache: int = 4096) -> None:
+                 thumb_size: int = 160, thumb_cache: int = 4096,
+                 index_loaded_from_file: bool | None = None) -> None:
         run.check_index(index, index_path)
+        if index_loaded_from_file is None:
+            index_loaded_from_file = Path(index_path).is_file()
         self.run = run
         self.index = index
         self.index_path = Path(index_path)
@@ -79,6 +83,8 @@ class Archive:
         self._thumb_cap = int(thumb_cache)
         self._thumb_lock = threading.Lock()
         self.run.encoder()  # build now: the first query should not pay for it
+        # What the index file looked like when this archive read it (None: not read from one).
+        self._on_disk = _file_state(self.index_path) if index_loaded_from_file else None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -241,9 +247,11 @@ class Archive:
                     if not path.exists():  # content-addressed: the same bytes are stored once
                         atomic_write_bytes(path, u.data)
                         created.append(path)
-                ids = self.index.add(codes, labels=labels, meta=[
-                    {"path": str(p), "sha256": u.sha256} for u, p in zip(uploads, paths)])
-                self._persist()
+                with writing(self.index_path):
+                    self._reload_if_changed()
+                    ids = self.index.add(codes, labels=labels, meta=[
+                        {"path": str(p), "sha256": u.sha256} for u, p in zip(uploads, paths)])
+                    self._persist()
             except BaseException:
                 if ids is not None:
                     self.index.remove(ids)
@@ -262,7 +270,8 @@ class Archive:
         Raises:
             UnknownItemError: no such id.
         """
-        with self._lock:
+        with self._lock, writing(self.index_path):
+            self._reload_if_changed()
             label, meta = self._lookup(item_id)
             code = self.code_of(item_id)
             self.index.remove([item_id])
@@ -283,10 +292,28 @@ class Archive:
             self._thumbs.pop(int(item_id), None)
 
     def _persist(self) -> None:
+        """Save (the caller holds the writer lock) and reopen what was written."""
         self.index.save(self.index_path)
         # Reopen the file just written (memory-mapped, one segment) so that many small adds
         # do not leave the scan walking many small segments.
         self.index = HammingIndex.load(self.index_path, verify=False)
+        self._on_disk = _file_state(self.index_path)
+
+    def _reload_if_changed(self) -> None:
+        """Under the writer lock: if another process (``ahcl index add``, another server) has
+        saved the file since this one read or wrote it, start from that file (verified), so no
+        id is handed out twice and nothing it added is lost."""
+        state = _file_state(self.index_path)
+        if state is None or state == getattr(self, "_on_disk", None):
+            return
+        index = HammingIndex.load(self.index_path, verify=True)
+        self.run.check_index(index, self.index_path)
+        self.index = index
+        self._on_disk = state
+        self._uploads = None
+        self.revision += 1
+        with self._thumb_lock:
+            self._thumbs.clear()
 
     def _upload_ids(self) -> dict[str, set[int]]:
         """sha256 → ids of uploaded items with those bytes (built on first use: one meta pass)."""
@@ -343,3 +370,13 @@ class Archive:
                           "mode": cfg.get("mode"), "run": self.run.path.name},
                 "index": {"format_version": index_format.VERSION, "revision": self.revision,
                           "persisted": self.index_path.is_file()}}
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime ns, size) of a file, ``None`` when it does not exist: saves are renames,
+    so any save by any process changes it."""
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

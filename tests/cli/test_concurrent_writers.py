@@ -101,3 +101,27 @@ def test_lock_timeout_in_process_and_stale_temps(tmp_path, monkeypatch):
         lock_timeout()
     np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()),
                             [".c.index.abc.tmp", "b.index.lock"])
+
+
+def test_server_never_resaves_an_unverified_damaged_file(tiny_run, index_file, monkeypatch):
+    """A file over VERIFY_LIMIT opens memory-mapped without its CRCs; a flipped byte in it must
+    be found before the server's first save, and the file left as it was (not re-saved with fresh
+    CRCs that would make the damage permanent)."""
+    from ahcl.errors import IndexFileError
+    from ahcl.index import format as fmt
+    from ahcl.serve.store import Archive
+    from ahcl.serve.uploads import decode_upload
+
+    monkeypatch.setattr(fmt, "VERIFY_LIMIT", 1024)  # the test file counts as "large"
+    header = fmt.read_header(index_file)
+    offset = header["sections"]["codes"]["offset"] + 5
+    data = bytearray(index_file.read_bytes())
+    data[offset] ^= 0x10
+    index_file.write_bytes(bytes(data))
+    archive = Archive.open(index_file, tiny_run)  # opens: CRCs skipped over the limit
+    image = Path(ahcl.load_run(tiny_run).db_paths[0]).read_bytes()
+    with pytest.raises(IndexFileError, match="codes"):
+        archive.add([decode_upload(image, 10**7)])
+    assert index_file.read_bytes() == bytes(data)
+    with pytest.raises(IndexFileError):
+        HammingIndex.load(index_file, verify=True)

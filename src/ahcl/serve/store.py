@@ -85,6 +85,10 @@ class Archive:
         self.run.encoder()  # build now: the first query should not pay for it
         # What the index file looked like when this archive read it (None: not read from one).
         self._on_disk = _file_state(self.index_path) if index_loaded_from_file else None
+        # A file opened memory-mapped over VERIFY_LIMIT skipped its CRCs: it is verified before
+        # this archive first re-saves it, so flipped bytes are reported, never made permanent.
+        self._verified = not (index_loaded_from_file and self.index_path.stat().st_size
+                              > index_format.VERIFY_LIMIT)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -298,18 +302,22 @@ class Archive:
         # do not leave the scan walking many small segments.
         self.index = HammingIndex.load(self.index_path, verify=False)
         self._on_disk = _file_state(self.index_path)
+        self._verified = True  # written from memory just now
 
     def _reload_if_changed(self) -> None:
         """Under the writer lock: if another process (``ahcl index add``, another server) has
         saved the file since this one read or wrote it, start from that file (verified), so no
         id is handed out twice and nothing it added is lost."""
         state = _file_state(self.index_path)
-        if state is None or state == getattr(self, "_on_disk", None):
+        if state is not None and state == self._on_disk and not self._verified:
+            HammingIndex.load(self.index_path, verify=True)  # raises IndexFileError if damaged
+            self._verified = True
+        if state is None or state == self._on_disk:
             return
         index = HammingIndex.load(self.index_path, verify=True)
         self.run.check_index(index, self.index_path)
         self.index = index
-        self._on_disk = state
+        self._on_disk, self._verified = state, True
         self._uploads = None
         self.revision += 1
         with self._thumb_lock:

@@ -256,3 +256,15 @@ def test_k_must_be_an_integer(k) -> None:
     index.add(np.zeros((2, 1), np.uint8))
     with pytest.raises(HammingIndexError, match="k must be an integer"):
         index.search(np.zeros((1, 1), np.uint8), k)
+
+
+def test_absurd_k_is_refused_not_allocated() -> None:
+    """#16: k = 10**9 on a 128-item index used to size its output by k (OOM)."""
+    rng = np.random.default_rng(0)
+    for index in (HammingIndex(64), HammingIndex(64, semantic_bits=16)):
+        index.add(rng.integers(0, 256, (128, 8), dtype=np.uint8))
+        q = rng.integers(0, 256, (3, 8), dtype=np.uint8)
+        with pytest.raises(HammingIndexError, match="ask for at most 128"):
+            index.search(q, 10**9)
+        d, i = index.search(q, 1000)  # modest padding still follows the faiss contract
+        assert d.shape == (3, 1000) and (i[:, 128:] == -1).all()

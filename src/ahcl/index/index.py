@@ -45,6 +45,11 @@ RANGE_ROOM = 64  # range search results per query that the first scan keeps,
 RANGE_ROOM_TOTAL = 1 << 22  # and for all queries together
 
 
+#: Most bytes of padding (results beyond the items indexed) a search may allocate: a k far above
+#: len(index) is refused with an error instead (the CLI, Run and the service clamp k first).
+MAX_PADDING_BYTES = 256 * 2**20
+_BYTES_PER_RESULT = 20  # int32 distance(s), int64 position and id
+
 #: Largest id :meth:`HammingIndex.add` accepts: default ids count up from the largest, so ids
 #: near the int64 limit would overflow them.
 MAX_ID = 2**62
@@ -320,7 +325,9 @@ class HammingIndex:
             query_codes: ``uint8 (nq, n_bits/8)`` packed, or ``(nq, n_bits)`` ±1.
             k: neighbours per query, an integer ``>= 1`` (the output is ``nq × k``, as in
                 faiss: callers that take k from users clamp it to ``len(index)``, as the CLI,
-                :meth:`ahcl.run.Run.search_codes` and the service do).
+                :meth:`ahcl.run.Run.search_codes` and the service do). A ``k`` so far above
+                ``len(index)`` that its padding would take over 256 MiB is refused with a
+                :class:`HammingIndexError` instead of allocated.
 
         Returns:
             ``D int32 (nq, k)`` distances and ``I int64 (nq, k)`` ids, each row ordered by
@@ -344,11 +351,19 @@ class HammingIndex:
         ds, di, _, i = self._search_split(query_codes, k)
         return ds, di, i
 
-    @staticmethod
-    def _check_k(k: Any) -> int:
+    def _check_k(self, k: Any, nq: int = 1) -> int:
+        """``k`` as an int; refuses a ``k`` whose padding alone (beyond the items indexed) would
+        take more than :data:`MAX_PADDING_BYTES` of output, rather than allocate it."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise HammingIndexError(f"k must be an integer >= 1, got {k!r}", k=k)
-        return int(k)
+        k = int(k)
+        n = len(self)
+        if k > n and max(nq, 1) * (k - n) * _BYTES_PER_RESULT > MAX_PADDING_BYTES:
+            raise HammingIndexError(
+                f"k = {k} asks for {k - n} padding entries per query beyond the {n} items "
+                f"indexed ({max(nq, 1) * k * _BYTES_PER_RESULT / 2**30:.1f} GiB of results); "
+                f"ask for at most {max(n, 1)} (min(k, len(index)) gives the same neighbours)", k=k)
+        return k
 
     def _search_split(self, query_codes: np.ndarray, k: int
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -356,8 +371,8 @@ class HammingIndex:
         if not self.split:
             d, p, i = self._search(query_codes, k)
             return d, np.zeros_like(d), p, i
-        k = self._check_k(k)
         q = self._queries(query_codes)
+        k = self._check_k(k, q.shape[0])
         with kernels.thread_limit(self.threads):
             return self._flat_split(q, k)
 
@@ -367,9 +382,9 @@ class HammingIndex:
         if self.split:
             ds, _, p, i = self._search_split(query_codes, k)
             return ds, p, i
-        k = self._check_k(k)
         q = self._queries(query_codes)
         nq = q.shape[0]
+        k = self._check_k(k, nq)
         out_d = np.empty((nq, k), dtype=np.int32)
         out_p = np.empty((nq, k), dtype=np.int64)
         out_i = np.empty((nq, k), dtype=np.int64)

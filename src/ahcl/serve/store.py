@@ -243,7 +243,9 @@ class Archive:
             with self._encode_lock:
                 codes = self.run.codes_for_labelled([str(p) for p in paths], labels,
                                                     images=[u.image for u in uploads])
-        with self._lock:
+        # The file lock first, then this process's lock: searches wait only for the save
+        # itself, never for another process's write.
+        with writing(self.index_path), self._lock:
             created: list[Path] = []
             ids = None
             try:
@@ -251,11 +253,10 @@ class Archive:
                     if not path.exists():  # content-addressed: the same bytes are stored once
                         atomic_write_bytes(path, u.data)
                         created.append(path)
-                with writing(self.index_path):
-                    self._reload_if_changed()
-                    ids = self.index.add(codes, labels=labels, meta=[
-                        {"path": str(p), "sha256": u.sha256} for u, p in zip(uploads, paths)])
-                    self._persist()
+                self._reload_if_changed()
+                ids = self.index.add(codes, labels=labels, meta=[
+                    {"path": str(p), "sha256": u.sha256} for u, p in zip(uploads, paths)])
+                self._persist()
             except BaseException:
                 if ids is not None:
                     self.index.remove(ids)
@@ -274,7 +275,7 @@ class Archive:
         Raises:
             UnknownItemError: no such id.
         """
-        with self._lock, writing(self.index_path):
+        with writing(self.index_path), self._lock:
             self._reload_if_changed()
             label, meta = self._lookup(item_id)
             code = self.code_of(item_id)

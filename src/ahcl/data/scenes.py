@@ -1,0 +1,393 @@
+"""Cutting large GeoTIFF scenes into tiles with their footprints (the library under
+``ahcl index build --scenes``).
+
+A scene is opened with rasterio and **never read whole**: each tile is one windowed read
+(``DatasetReader.read(window=...)``), so memory stays at a few tiles whatever the scene's size
+(GDAL's own block cache, bounded by ``GDAL_CACHEMAX``, comes on top).
+
+Rules:
+
+* **Grid**: tiles of ``tile`` × ``tile`` pixels start at every multiple of ``stride`` along each
+  axis, left to right, then top to bottom. **Edge tiles that do not fit inside the scene are
+  skipped** (no padding): the rightmost ``(width - tile) % stride`` columns and the bottom
+  ``(height - tile) % stride`` rows are covered only by overlap, if at all.
+  :attr:`SceneTiles.edge_skipped` says how many grid positions that drops.
+* **RGB**: ``bands`` are rasterio's **1-based** band numbers used as R, G, B; by default
+  ``(1, 2, 3)``, or band 1 as grey for a scene with fewer than three bands. The conversion to
+  ``uint8`` RGB is the project's one rule, :func:`ahcl.data.images.to_rgb_array`: ``uint8`` is
+  kept, anything else is stretched 2nd..98th percentile per band — here **per tile**, exactly as
+  if the tile were a chip read by :func:`~ahcl.data.images.load_rgb`.
+* **Nodata**: a pixel is valid when GDAL's mask of at least one chosen band says so (the mask
+  comes from the dataset's nodata value, an alpha band or an internal mask). Tiles whose valid
+  fraction is below ``min_valid`` are skipped and counted (:attr:`SceneTiles.nodata_skipped`);
+  in the tiles kept, invalid pixels are excluded from the stretch and become 0 (black).
+* **Georeferencing**: ``crs`` is ``"EPSG:<code>"`` when the scene's CRS has one, its WKT
+  otherwise. ``geometry`` is the tile's footprint as a GeoJSON Polygon in EPSG:4326: the four
+  pixel corners of the window mapped by the scene's affine transform, then by pyproj
+  (``always_xy``) to lon/lat; the ring is closed and counter-clockwise (RFC 7946). Edges are not
+  densified (a tile is small) and rings crossing the antimeridian are not split. A TIFF without a
+  CRS or transform (GCP-only files included) is accepted with a warning: ``crs`` and
+  ``geometry`` are None, only pixel windows are known.
+
+Every bad input raises :class:`SceneError` with one line naming the file, before any tile is
+produced: missing file, not a GeoTIFF, corrupt or truncated file (checked from the TIFF block
+table when the scene is opened), scene smaller than one tile, bands out of range, a CRS that
+cannot be transformed to EPSG:4326. A read error that still happens while tiling (damage inside
+a block) is raised as :class:`SceneError` naming the window.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import rasterio
+from PIL import Image
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError, ProjError
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from ahcl.data.images import to_rgb_array
+from ahcl.errors import AhclError, InvalidValueError
+
+#: ``(col_off, row_off, width, height)`` in pixels.
+PixelWindow = tuple[int, int, int, int]
+
+
+class SceneError(AhclError):
+    """A scene file cannot be tiled (unreadable, too small, bad bands, CRS, point outside).
+
+    Fields: ``path`` (the scene).
+    """
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a scene: its RGB image and where it lies.
+
+    Attributes:
+        image: ``RGB`` PIL image of ``tile`` × ``tile`` pixels.
+        scene: the scene's path, as given.
+        window: ``(col_off, row_off, width, height)`` in pixels of the scene.
+        crs: ``"EPSG:<code>"`` or WKT of the scene's CRS; None when ungeoreferenced.
+        geometry: footprint as a GeoJSON Polygon in EPSG:4326 (lon, lat); None when
+            ungeoreferenced.
+        valid: fraction of valid (not nodata) pixels.
+    """
+
+    image: Image.Image
+    scene: str
+    window: PixelWindow
+    crs: str | None
+    geometry: dict[str, Any] | None
+    valid: float = 1.0
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The JSON-ready metadata (``scene``, ``window`` as a list, ``crs``, ``geometry``)."""
+        return {"scene": self.scene, "window": list(self.window), "crs": self.crs,
+                "geometry": self.geometry}
+
+
+class _Geo:
+    """A scene's pixel → lon/lat mapping (affine transform, then pyproj)."""
+
+    def __init__(self, transform: Any, crs: Any, name: str) -> None:
+        self.affine = transform
+        wkt = crs.to_wkt()
+        epsg = crs.to_epsg()
+        self.crs = f"EPSG:{epsg}" if epsg else wkt
+        try:
+            source = CRS.from_wkt(wkt)
+            self.to_lonlat = Transformer.from_crs(source, "EPSG:4326", always_xy=True)
+            self.from_lonlat = Transformer.from_crs("EPSG:4326", source, always_xy=True)
+        except (CRSError, ProjError) as exc:
+            raise SceneError(f"cannot use scene {name}: its CRS cannot be transformed to "
+                             f"EPSG:4326 ({_one_line(exc)})", path=name) from None
+
+    def ring(self, window: PixelWindow, name: str) -> dict[str, Any]:
+        c0, r0, w, h = window
+        c1, r1 = c0 + w, r0 + h
+        corners = [(c0, r0), (c0, r1), (c1, r1), (c1, r0)]
+        xs, ys = zip(*(_apply(self.affine, col, row) for col, row in corners))
+        try:
+            lons, lats = self.to_lonlat.transform(xs, ys, errcheck=True)
+        except ProjError as exc:
+            raise SceneError(f"cannot use scene {name}: its CRS cannot be transformed to "
+                             f"EPSG:4326 ({_one_line(exc)})", path=name) from None
+        points = [[float(x), float(y)] for x, y in zip(lons, lats)]
+        if not all(math.isfinite(v) for p in points for v in p):
+            raise SceneError(f"cannot use scene {name}: its CRS cannot be transformed to "
+                             "EPSG:4326 (corners map to non-finite lon/lat)", path=name)
+        if _signed_area(points) < 0:  # a transform that flips an axis: make it CCW again
+            points.reverse()
+        return {"type": "Polygon", "coordinates": [points + [list(points[0])]]}
+
+
+class _Scene:
+    """An open, checked scene; the facts every public function needs."""
+
+    def __init__(self, path: str | os.PathLike, bands: Sequence[int] | None = None,
+                 warn: bool = True) -> None:
+        self.name = name = os.fspath(path)
+        if not os.path.isfile(name):
+            raise SceneError(f"scene {name} not found", path=name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.dataset = rasterio.open(name)
+        except RasterioError as exc:
+            raise SceneError(f"cannot read scene {name}: not a TIFF, or corrupt or truncated "
+                             f"({_one_line(exc)})", path=name) from None
+        try:
+            self._check(bands, warn)
+        except BaseException:
+            self.dataset.close()
+            raise
+
+    def _check(self, bands: Sequence[int] | None, warn: bool) -> None:
+        ds, name = self.dataset, self.name
+        if ds.driver != "GTiff":
+            raise SceneError(f"cannot read scene {name}: not a GeoTIFF (GDAL reads it as "
+                             f"{ds.driver})", path=name)
+        self.width, self.height, count = ds.width, ds.height, ds.count
+        if bands is None:
+            bands = (1, 2, 3) if count >= 3 else (1, 1, 1)
+        bands = tuple(bands)
+        if len(bands) != 3 or not all(isinstance(b, (int, np.integer)) for b in bands):
+            raise InvalidValueError("bands", bands, "three 1-based band numbers (r, g, b)")
+        bad = [b for b in bands if not 1 <= b <= count]
+        if bad:
+            raise SceneError(f"cannot use scene {name}: bands {bands} out of range, it has "
+                             f"{count} band(s) numbered 1..{count}", path=name)
+        self.bands = tuple(int(b) for b in bands)
+        if any(np.dtype(ds.dtypes[b - 1]).kind == "c" for b in self.bands):
+            raise SceneError(f"cannot use scene {name}: complex samples cannot be shown as RGB",
+                             path=name)
+        self._check_blocks()
+        self.all_valid = all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid]
+                             for b in self.bands)
+        if ds.crs is None or ds.transform.is_identity:
+            self.geo = None
+            if warn:
+                warnings.warn(f"scene {name} has no georeferencing (CRS or transform): tiles get "
+                              "pixel windows only (crs and geometry None)", stacklevel=4)
+        else:
+            self.geo = _Geo(ds.transform, ds.crs, name)
+            self.geo.ring((0, 0, self.width, self.height), name)  # fails now, not mid-way
+
+    def _check_blocks(self) -> None:
+        """A truncated TIFF often opens fine (its header is first): check that the last block
+        of every band lies inside the file."""
+        ds, name = self.dataset, self.name
+        size = os.path.getsize(name)
+        for band in range(1, ds.count + 1):
+            bh, bw = ds.block_shapes[band - 1]
+            x, y = (ds.width - 1) // bw, (ds.height - 1) // bh
+            offset = ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+            length = ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+            if offset is None or length is None:
+                continue  # sparse block or not known: the read itself will tell
+            if int(offset) + int(length) > size:
+                raise SceneError(f"cannot read scene {name}: file truncated (band {band} "
+                                 f"needs {int(offset) + int(length)} bytes, the file has {size})",
+                                 path=name)
+
+    def check_tile(self, tile: int) -> None:
+        if self.width < tile or self.height < tile:
+            raise SceneError(f"cannot tile scene {self.name}: {self.width} × {self.height} "
+                             f"pixels is smaller than one tile of {tile} × {tile}",
+                             path=self.name)
+
+    def check_window(self, window: Sequence[int]) -> PixelWindow:
+        try:
+            c0, r0, w, h = (int(v) for v in window)
+        except (TypeError, ValueError):
+            raise InvalidValueError("window", window,
+                                    "[col_off, row_off, width, height] in pixels") from None
+        if w <= 0 or h <= 0 or c0 < 0 or r0 < 0 or c0 + w > self.width or r0 + h > self.height:
+            raise SceneError(f"window {[c0, r0, w, h]} is not inside scene {self.name} "
+                             f"({self.width} × {self.height} pixels)", path=self.name)
+        return c0, r0, w, h
+
+    def read(self, window: PixelWindow) -> tuple[np.ndarray, np.ndarray | None]:
+        """The chosen bands of ``window`` as ``(H, W, 3)`` and the valid mask (None: all)."""
+        ds = self.dataset
+        c0, r0, w, h = window
+        win = Window(c0, r0, w, h)
+        unique = sorted(set(self.bands))
+        try:
+            data = ds.read(unique, window=win)
+            valid = None if self.all_valid else ds.read_masks(unique, window=win).any(axis=0)
+        except RasterioError as exc:
+            raise SceneError(f"cannot read scene {self.name} at window {list(window)}: corrupt "
+                             f"or truncated ({_one_line(exc)})", path=self.name) from None
+        pick = [unique.index(b) for b in self.bands]
+        return np.moveaxis(data[pick], 0, -1), valid
+
+    def close(self) -> None:
+        self.dataset.close()
+
+
+class SceneTiles:
+    """The tiles of one GeoTIFF scene; iterate it for :class:`Tile` objects.
+
+    The scene is opened and checked when this object is made (every :class:`SceneError` comes
+    then, read errors inside damaged blocks excepted) and re-opened by each iteration, which
+    reads one window per tile.
+
+    Attributes:
+        path, tile, stride, bands, min_valid: as given (``bands`` resolved to 1-based numbers).
+        width, height: the scene's size in pixels.
+        crs: ``"EPSG:<code>"`` or WKT; None when ungeoreferenced.
+        positions: the grid windows that fit, in iteration order (before the nodata check).
+        edge_skipped: grid positions dropped because the tile would cross the scene's edge.
+        nodata_skipped: tiles skipped as mostly nodata by the last (or current) iteration.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, tile: int = 256, stride: int = 256,
+                 bands: Sequence[int] | None = None, min_valid: float = 0.9) -> None:
+        for key, value in (("tile", tile), ("stride", stride)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise InvalidValueError(key, value, "a positive number of pixels")
+        if not 0.0 <= float(min_valid) <= 1.0:
+            raise InvalidValueError("min_valid", min_valid, "a fraction between 0 and 1")
+        scene = _Scene(path, bands)
+        try:
+            scene.check_tile(tile)
+        finally:
+            scene.close()
+        self.path, self.tile, self.stride = scene.name, int(tile), int(stride)
+        self.bands, self.min_valid = scene.bands, float(min_valid)
+        self.width, self.height = scene.width, scene.height
+        self.crs = scene.geo.crs if scene.geo else None
+        cols = range(0, self.width - self.tile + 1, self.stride)
+        rows = range(0, self.height - self.tile + 1, self.stride)
+        self.positions: list[PixelWindow] = [(c, r, self.tile, self.tile)
+                                             for r in rows for c in cols]
+        started = len(range(0, self.width, self.stride)) * len(range(0, self.height, self.stride))
+        self.edge_skipped = started - len(self.positions)
+        self.nodata_skipped = 0
+
+    def __iter__(self) -> Iterator[Tile]:
+        self.nodata_skipped = 0
+        scene = _Scene(self.path, self.bands, warn=False)
+        try:
+            scene.check_tile(self.tile)
+            for window in self.positions:
+                array, valid = scene.read(window)
+                fraction = 1.0 if valid is None else float(valid.mean())
+                if fraction < self.min_valid:
+                    self.nodata_skipped += 1
+                    continue
+                if valid is not None and not valid.all():
+                    if array.dtype == np.uint8:
+                        array = np.where(valid[:, :, None], array, 0).astype(np.uint8)
+                    else:
+                        array = np.where(valid[:, :, None], array.astype(np.float64), np.nan)
+                rgb = to_rgb_array(array, None, f"{self.path} window {list(window)}")
+                geometry = scene.geo.ring(window, self.path) if scene.geo else None
+                yield Tile(Image.fromarray(rgb, "RGB"), self.path, window, self.crs, geometry,
+                           fraction)
+        finally:
+            scene.close()
+
+    def __repr__(self) -> str:
+        return (f"SceneTiles({self.path!r}, tile={self.tile}, stride={self.stride}, "
+                f"bands={self.bands}, min_valid={self.min_valid}, "
+                f"positions={len(self.positions)})")
+
+
+def scene_tiles(path: str | os.PathLike, *, tile: int = 256, stride: int = 256,
+                bands: Sequence[int] | None = None, min_valid: float = 0.9) -> SceneTiles:
+    """Tile a GeoTIFF scene by the rules in the module doc.
+
+    Args:
+        path: the GeoTIFF.
+        tile: tile side in pixels.
+        stride: step between tile origins in pixels (``< tile`` overlaps, ``> tile`` leaves gaps).
+        bands: three 1-based band numbers as R, G, B; None for ``(1, 2, 3)`` (grey from band 1
+            when the scene has fewer than three).
+        min_valid: tiles with a smaller fraction of valid (not nodata) pixels are skipped.
+
+    Returns:
+        A :class:`SceneTiles`; iterating it yields :class:`Tile` objects.
+
+    Raises:
+        SceneError: the scene is missing, not a GeoTIFF, corrupt or truncated, smaller than one
+            tile, has no such bands, or a CRS that cannot be transformed to EPSG:4326.
+        InvalidValueError: ``tile``, ``stride``, ``bands`` or ``min_valid`` malformed.
+    """
+    return SceneTiles(path, tile=tile, stride=stride, bands=bands, min_valid=min_valid)
+
+
+def footprint(path: str | os.PathLike, window: Sequence[int]) -> dict[str, Any]:
+    """The footprint of a pixel ``window`` ``[col_off, row_off, width, height]`` of a scene, as
+    a closed, counter-clockwise GeoJSON Polygon in EPSG:4326 (lon, lat).
+
+    Raises:
+        SceneError: the scene is unreadable or has no georeferencing, or the window is not
+            inside it.
+    """
+    scene = _open_georeferenced(path)
+    try:
+        return scene.geo.ring(scene.check_window(window), scene.name)
+    finally:
+        scene.close()
+
+
+def lonlat_window(path: str | os.PathLike, lon: float, lat: float,
+                  tile: int = 256) -> PixelWindow:
+    """The ``tile`` × ``tile`` window ``(col_off, row_off, width, height)`` centred on the point
+    (``lon``, ``lat``, EPSG:4326), shifted to lie inside the scene near its edges.
+
+    Raises:
+        SceneError: the scene is unreadable, has no georeferencing or is smaller than one tile,
+            or the point is outside it.
+    """
+    if not isinstance(tile, (int, np.integer)) or isinstance(tile, bool) or tile < 1:
+        raise InvalidValueError("tile", tile, "a positive number of pixels")
+    scene = _open_georeferenced(path)
+    try:
+        scene.check_tile(tile)
+        x, y = scene.geo.from_lonlat.transform(float(lon), float(lat))
+        col, row = _apply(~scene.geo.affine, x, y)
+        if not (0 <= col < scene.width and 0 <= row < scene.height):
+            raise SceneError(f"point lon={lon}, lat={lat} is outside scene {scene.name}",
+                             path=scene.name)
+        c0 = min(max(int(math.floor(col - tile / 2)), 0), scene.width - tile)
+        r0 = min(max(int(math.floor(row - tile / 2)), 0), scene.height - tile)
+        return c0, r0, int(tile), int(tile)
+    finally:
+        scene.close()
+
+
+def _open_georeferenced(path: str | os.PathLike) -> _Scene:
+    scene = _Scene(path, bands=(1, 1, 1), warn=False)
+    if scene.geo is None:
+        scene.close()
+        raise SceneError(f"scene {scene.name} has no georeferencing (CRS or transform): it has "
+                         "pixel windows only", path=scene.name)
+    return scene
+
+
+def _apply(affine: Any, x: float, y: float) -> tuple[float, float]:
+    """``affine`` applied to the point (written out: affine's ``*`` is deprecated, ``@`` new)."""
+    a, b, c, d, e, f = tuple(affine)[:6]
+    return a * x + b * y + c, d * x + e * y + f
+
+
+def _signed_area(points: list[list[float]]) -> float:
+    """Twice the signed area of an open ring (shoelace); positive when counter-clockwise."""
+    return sum(x0 * y1 - x1 * y0
+               for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

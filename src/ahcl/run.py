@@ -36,7 +36,9 @@ from ahcl.device import CPU, Placement
 from ahcl.device import placement as device_placement
 from ahcl.encoder import Encoder
 from ahcl.errors import RunError
+from ahcl._progress import progress_bar
 from ahcl.data.alter import altered_copies, near_duplicate_rows
+from ahcl.data.scenes import scene_tiles
 from ahcl.eval.metrics import RetrievalReport, evaluate
 from ahcl.eval.near_duplicates import (NearDuplicateReport, near_duplicate_ranks,
                                        near_duplicate_report)
@@ -232,6 +234,49 @@ class Run:
         ranks = near_duplicate_ranks(codes, self.db_codes, rows,
                                      semantic_bits=self.semantic_bits if self.instance else None)
         return near_duplicate_report(ranks, n_db=len(self.db_codes))
+
+    def encode_scenes(self, scenes: Sequence[str | Path], *, tile: int = 256, stride: int = 256,
+                      bands: Sequence[int] | None = None, min_valid: float = 0.9,
+                      batch_size: int = 64) -> tuple[np.ndarray, list[dict[str, Any]],
+                                                     dict[str, int]]:
+        """Cut GeoTIFF scenes into tiles (:func:`ahcl.data.scenes.scene_tiles`: windowed reads,
+        nodata tiles skipped) and encode them.
+
+        Every scene is opened and checked before any tile is encoded, so a bad scene fails the
+        call with one :class:`~ahcl.data.scenes.SceneError` and nothing done.
+
+        Returns:
+            codes ``uint8 (n, n_bits/8)``, one meta per tile (``scene``, ``window``, ``crs``,
+            ``geometry``) and counts (``scenes``, ``tiles``, ``nodata_skipped``,
+            ``edge_skipped``).
+        """
+        opened = [scene_tiles(p, tile=tile, stride=stride, bands=bands, min_valid=min_valid)
+                  for p in scenes]
+        total = sum(len(s.positions) for s in opened)
+        bar = progress_bar(total, desc="scene tiles", unit="tile")
+        codes: list[np.ndarray] = []
+        metas: list[dict[str, Any]] = []
+        batch: list[Any] = []
+
+        def flush() -> None:
+            if batch:
+                codes.append(self.encode_images([t.image for t in batch]))
+                metas.extend(t.meta for t in batch)
+                bar.update(len(batch))
+                batch.clear()
+
+        for scene in opened:
+            for t in scene:
+                batch.append(t)
+                if len(batch) >= batch_size:
+                    flush()
+        flush()
+        bar.close()
+        counts = {"scenes": len(opened), "tiles": len(metas),
+                  "nodata_skipped": sum(s.nodata_skipped for s in opened),
+                  "edge_skipped": sum(s.edge_skipped for s in opened)}
+        out = np.concatenate(codes) if codes else np.zeros((0, self.n_bits // 8), np.uint8)
+        return out, metas, counts
 
     def search_codes(self, query_codes: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Rank the database for packed query codes (see :meth:`search`)."""

@@ -38,8 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "skips the finished parts) and rank 0 writes the index.")
     build.add_argument("run", metavar="RUN")
     build.add_argument("--out", required=True, metavar="INDEX")
-    build.add_argument("--images", metavar="DIR",
-                       help="index the images under DIR (unlabelled, network codes) instead")
+    src = build.add_mutually_exclusive_group()
+    src.add_argument("--images", metavar="DIR",
+                     help="index the images under DIR (unlabelled, network codes) instead")
+    src.add_argument("--scenes", nargs="+", metavar="FILE_OR_DIR",
+                     help="index tiles cut from GeoTIFF scenes (files, or folders searched for "
+                          "*.tif/*.tiff) instead; each item keeps scene, window, crs and its "
+                          "footprint as GeoJSON in EPSG:4326")
+    build.add_argument("--tile", type=int, default=256, help="tile side in pixels (--scenes)")
+    build.add_argument("--stride", type=int, default=256, help="tile step in pixels (--scenes)")
+    build.add_argument("--bands", metavar="B,B,B",
+                       help="1-based bands to read as RGB (--scenes; default 1,2,3)")
+    build.add_argument("--min-valid", type=float, default=0.9,
+                       help="skip tiles with a smaller share of valid pixels (--scenes)")
     build.add_argument("--part-size", type=int, default=4096, metavar="N",
                        help="images per unit of work and of crash recovery (default 4096)")
     build.add_argument("--json", action="store_true")
@@ -89,6 +100,8 @@ def build_cmd(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out")
     if args.images is not None:
         return _build_from_images(args)
+    if args.scenes is not None:
+        return _build_from_scenes(args)
     run = load_run(args.run, **run_options(args))
     index = run.new_index()
     ids = index.add(run.db_codes, labels=run.db_labels,
@@ -114,6 +127,42 @@ def _build_from_images(args: argparse.Namespace) -> int:
     shutil.rmtree(shards, ignore_errors=True)  # the index is saved: the parts are spent
     _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index),
                    "processes": dist.world_size()})
+    return 0
+
+
+def _scene_files(items: list[str]) -> list[str]:
+    files: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*")
+                           if p.suffix.lower() in (".tif", ".tiff") and p.is_file())
+            if not found:
+                raise AhclError(f"--scenes {item}: no .tif/.tiff files under this folder")
+            files += found
+        else:
+            files.append(str(path))
+    return files
+
+
+def _build_from_scenes(args: argparse.Namespace) -> int:
+    bands = None
+    if args.bands:
+        try:
+            bands = tuple(int(b) for b in args.bands.split(","))
+        except ValueError:
+            raise AhclError(f"--bands must be comma-separated band numbers, got {args.bands!r}"
+                            ) from None
+    run = load_run(args.run, **run_options(args))
+    codes, metas, counts = run.encode_scenes(_scene_files(args.scenes), tile=args.tile,
+                                             stride=args.stride, bands=bands,
+                                             min_valid=args.min_valid)
+    index = run.new_index()
+    ids = index.add(codes, meta=metas)
+    with writing(args.out):
+        index.save(args.out)
+    _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index),
+                   **counts})
     return 0
 
 

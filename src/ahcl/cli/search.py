@@ -7,7 +7,9 @@ from pathlib import Path
 
 from ahcl.cli._common import add_device_args, print_json, run_options
 from ahcl.errors import AhclError
+from ahcl._io import atomic_write_json
 from ahcl.index import HammingIndex, search_results
+from ahcl.index.hits import hits_feature_collection
 from ahcl.run import load_run
 
 
@@ -23,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hits per query (default 10; more than the archive holds gives them all)")
     p.add_argument("--run", metavar="RUN", help="the run that encodes queries (for an index)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--geojson", metavar="FILE",
+                   help="also write the hits that have footprints (GeoTIFF tiles) as a GeoJSON "
+                        "FeatureCollection in EPSG:4326 (opens in QGIS)")
     add_device_args(p)
     p.set_defaults(func=run)
 
@@ -42,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         # k is clamped to the archive's size: the answer is the same and nothing is sized by k.
         results = search_results(index, run.encode(args.images), min(args.k, max(len(index), 1)),
                                  classes=run.classes)
+    if args.geojson:
+        atomic_write_json(args.geojson, hits_feature_collection(results, list(args.images)))
     if args.json:
         print_json({"queries": [{"image": img, "hits": [h.to_dict() for h in hits]}
                                 for img, hits in zip(args.images, results)]})

@@ -70,3 +70,26 @@ def hits_from_rows(ids: Any, distances: Any, labels: Any, metas: list[dict | Non
         name = classes[lab] if classes is not None and 0 <= lab < len(classes) else None
         out.append(Hit(int(i), int(d), lab, name, meta.get("path"), meta, di))
     return out
+
+
+def hits_feature_collection(results: list[list[Hit]], queries: list[str] | None = None
+                            ) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection (RFC 7946) of search hits that carry a footprint
+    (``meta["geometry"]``, as GeoTIFF tiles do): one Feature per hit with its query, rank, id,
+    distances and class; hits without a footprint are left out. QGIS opens it as it is."""
+    features = []
+    for q, hits in enumerate(results):
+        for rank, h in enumerate(hits, 1):
+            geometry = h.meta.get("geometry")
+            if not geometry:
+                continue
+            props: dict[str, Any] = {"query": queries[q] if queries else q, "rank": rank,
+                                     "id": h.id, "distance": h.distance,
+                                     "instance_distance": h.instance_distance,
+                                     "label": h.label, "class": h.class_name}
+            for key in ("scene", "window", "crs"):
+                if key in h.meta:
+                    props[key] = h.meta[key]
+            features.append({"type": "Feature", "id": f"{q}-{rank}", "geometry": geometry,
+                             "properties": props})
+    return {"type": "FeatureCollection", "features": features}

@@ -53,3 +53,21 @@ def test_feature_feeder_rows() -> None:
     assert not f.augments
     got = list(f.batches([np.array([4, 0]), np.array([5])], train=True))
     assert np.array_equal(got[0].numpy(), x[[4, 0]]) and np.array_equal(got[1].numpy(), x[[5]])
+
+
+def test_view_feeder_picks_each_items_view_by_its_seed():
+    from ahcl.methods.feeders import ViewFeeder
+
+    rng = np.random.default_rng(0)
+    views = [rng.standard_normal((10, 3)).astype(np.float32) for _ in range(4)]
+    feeder = ViewFeeder(views)
+    idx, seeds = np.array([3, 0, 7, 7]), np.array([5, 2, 8, 3])
+    (train,) = list(feeder.batches([idx], train=True, seeds=[seeds]))
+    want = np.stack([views[s % 4][i] for i, s in zip(idx, seeds)])
+    np.testing.assert_array_equal(train.numpy(), want)
+    (plain,) = list(feeder.batches([idx]))
+    np.testing.assert_array_equal(plain.numpy(), views[0][idx])
+    with pytest.raises(ValueError, match="seed per item"):
+        list(feeder.batches([idx], train=True))
+    with pytest.raises(ValueError, match="different shapes"):
+        ViewFeeder([views[0], views[1][:5]])

@@ -38,15 +38,21 @@ def browser():
         b.close()
 
 
+def _open_page(browser, url: str):
+    """A new page on the service's front page, loaded, and the list its script errors go to."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    page.wait_for_selector("#class-list button")
+    return page, errors
+
+
 def test_upload_results_click_and_browse(browser, run_dir: Path, tmp_path: Path) -> None:
     archive = Archive.open(run_dir)
     query = archive.run.db_paths[40]
     with ServerThread(create_app(archive, ServeSettings())) as server:
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(server.url + "/")
-        page.wait_for_selector("#class-list button")
+        page, errors = _open_page(browser, server.url)
         assert page.locator("#class-list button").count() == 6
         assert page.locator("#add-panel").is_hidden()  # writes disabled: no add form
 
@@ -94,11 +100,7 @@ def test_results_show_both_distances_in_rank_order(browser, run_dir: Path,
     label = archive.item(qid)["label"]
     k = 12
     with ServerThread(create_app(archive, ServeSettings())) as server:
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(server.url + "/")
-        page.wait_for_selector("#class-list button")
+        page, errors = _open_page(browser, server.url)
         page.fill("#k", str(k))
         # search by clicking an archive image: browse its class, click it
         page.locator("#class-list button").nth(label).click()

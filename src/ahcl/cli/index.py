@@ -167,7 +167,8 @@ def _build_from_scenes(args: argparse.Namespace) -> int:
 
 
 def add_cmd(args: argparse.Namespace) -> int:
-    index = HammingIndex.load(args.index)
+    # Header and sizes only: a mismatch fails before encoding; the full check is under the lock.
+    index = HammingIndex.load(args.index, verify=False)
     run = load_run(args.run, **run_options(args))
     run.check_index(index, args.index)
     paths = [str(Path(p).resolve()) for p in args.images]

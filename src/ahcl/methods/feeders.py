@@ -54,12 +54,15 @@ class FeatureFeeder:
 class ViewFeeder(FeatureFeeder):
     """Rows of precomputed features in several views of each image (frozen mode's augmentation:
     the four quarter turns). Training batches take, for each item, the view its seed picks
-    (``seed % V``); other batches take the first view (the image as it is)."""
+    (``seed % V``); other batches take the first view (the image as it is). The views are kept
+    as given (no stacked copy)."""
 
     def __init__(self, views: Sequence[np.ndarray]) -> None:
-        stacked = np.stack([np.asarray(v, dtype=np.float32) for v in views])
-        super().__init__(stacked[0])
-        self.views = stacked
+        super().__init__(views[0])
+        self.views = [self.features] + [np.ascontiguousarray(v, dtype=np.float32)
+                                        for v in views[1:]]
+        if any(v.shape != self.features.shape for v in self.views):
+            raise ValueError(f"views of different shapes: {[v.shape for v in self.views]}")
 
     #: Training batches are augmented (one view per item, from its seed).
     augments = True
@@ -74,10 +77,14 @@ class ViewFeeder(FeatureFeeder):
             return
         if seeds is None:
             raise ValueError("augmented training batches need one seed per item")
-        n_views = self.views.shape[0]
         for idx, seed in zip(index_batches, seeds):
-            rows = self.views[np.asarray(seed, dtype=np.int64) % n_views, idx]
-            yield placement.to_device(torch.from_numpy(np.ascontiguousarray(rows)))
+            idx = np.asarray(idx, dtype=np.int64)
+            which = np.asarray(seed, dtype=np.int64) % len(self.views)
+            rows = np.empty((len(idx), self.features.shape[1]), dtype=np.float32)
+            for v, view in enumerate(self.views):
+                pick = which == v
+                rows[pick] = view[idx[pick]]
+            yield placement.to_device(torch.from_numpy(rows))
 
 
 class _ImageDataset(Dataset):

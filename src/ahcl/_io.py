@@ -29,7 +29,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # read-only, no permission: name the file asked for, not the temp
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -40,11 +43,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if _disk_full(exc):
-            raise DiskFullError(f"cannot write {path}: no space left on the device (the previous "
-                                "file, if any, is unchanged); free some space and run again",
-                                path=str(path)) from None
+            raise disk_full_error(path) from None
         raise
     _fsync_dir(path.parent)
+
+
+def disk_full_error(path: str | os.PathLike,
+                    kept: str = "the previous file, if any, is unchanged") -> DiskFullError:
+    """The one error a write that ran out of space gives (``kept``: what is still intact)."""
+    return DiskFullError(f"cannot write {path}: no space left on the device ({kept}); free some "
+                         "space and run again", path=str(path))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the disk running out of space."""
+    return _disk_full(exc)
 
 
 def _disk_full(exc: BaseException | None) -> bool:

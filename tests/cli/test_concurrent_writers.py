@@ -125,3 +125,40 @@ def test_server_never_resaves_an_unverified_damaged_file(tiny_run, index_file, m
     assert index_file.read_bytes() == bytes(data)
     with pytest.raises(IndexFileError):
         HammingIndex.load(index_file, verify=True)
+
+
+def test_add_appends_to_the_log_and_compact_folds_it(tiny_run, index_file, capsys):
+    run = ahcl.load_run(tiny_run)
+    before = index_file.read_bytes()
+    n = len(HammingIndex.load(index_file))
+    assert main(["index", "add", str(index_file), run.db_paths[0], "--run", str(tiny_run),
+                 "--workers", "0"]) == 0
+    assert index_file.read_bytes() == before  # one log record; the file is not rewritten
+    capsys.readouterr()
+    assert main(["index", "info", str(index_file), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n"] == n + 1 and info["log_records"] == 1 and info["next_id"] == n + 1
+    assert main(["index", "compact", str(index_file), "--json"]) == 0
+    folded = json.loads(capsys.readouterr().out)
+    assert folded["n"] == n + 1 and folded["log_records"] == 1
+    assert not index_file.with_name(index_file.name + ".wal").exists()
+    assert main(["index", "verify", str(index_file)]) == 0
+    assert f"ok, {n + 1} items, 0 log records" in capsys.readouterr().out
+    assert len(HammingIndex.load(index_file, verify=True)) == n + 1
+
+
+def test_verify_names_damage_in_one_line(tiny_run, index_file, capsys):
+    run = ahcl.load_run(tiny_run)
+    for path in run.db_paths[:2]:
+        assert main(["index", "add", str(index_file), path, "--run", str(tiny_run),
+                     "--workers", "0"]) == 0
+    log = index_file.with_name(index_file.name + ".wal")
+    data = bytearray(log.read_bytes())
+    data[60] ^= 0xFF  # inside the first of two records
+    log.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["index", "verify", str(index_file)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "log record at byte 40 is damaged" in err[0]
+    assert main(["index", "compact", str(index_file)]) == 1  # never folds a damaged log
+    assert log.read_bytes() == bytes(data)

@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
-MODULES = ["ahcl.index", "ahcl.index.format", "ahcl.index.hamming", "ahcl.index.hits",
-           "ahcl.index.index", "ahcl.index.intrinsics", "ahcl.index.kernels",
-           "ahcl.index.lexicographic", "ahcl.index.mih", "ahcl.index.packing", "ahcl.index.planes", "ahcl.index.selection", "ahcl.index.simd"]
+MODULES = ["ahcl.index", "ahcl.index.columns", "ahcl.index.format", "ahcl.index.hamming",
+           "ahcl.index.hits", "ahcl.index.index", "ahcl.index.intrinsics", "ahcl.index.kernels",
+           "ahcl.index.lexicographic", "ahcl.index.mih", "ahcl.index.packing",
+           "ahcl.index.planes", "ahcl.index.selection", "ahcl.index.simd", "ahcl.index.store",
+           "ahcl.index.lock", "ahcl.index.wal"]
 
 # In a fresh interpreter: the modules ``import ahcl`` loads, then those the index adds.
 CODE = f"""

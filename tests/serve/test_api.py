@@ -231,10 +231,11 @@ def test_add_rejects_unknown_class_and_changes_nothing(api, run_dir: Path) -> No
 def test_failed_save_rolls_back(api, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client, archive = api
 
-    def broken(path) -> None:
+    def broken(*args) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(archive.index, "save", broken)
+    from ahcl.index import wal
+    monkeypatch.setattr(wal, "append", broken)
     before = snapshot(run_dir)
     with pytest.raises(OSError):
         client.post("/api/items", headers=AUTH, files={"image": ("a.png", noise_png(1))})

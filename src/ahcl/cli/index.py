@@ -12,9 +12,9 @@ from ahcl import distributed as dist
 from ahcl.cli._common import add_device_args, check_output_file, print_json, run_options
 from ahcl.data.folder import list_image_files
 from ahcl.errors import AhclError, UnknownNameError
-from ahcl.index import HammingIndex
 from ahcl.index.lock import writing
 from ahcl.index.format import read_header
+from ahcl.index.store import IndexStore
 from ahcl.run import load_run
 from ahcl.sharded import encode_files_sharded
 
@@ -22,7 +22,9 @@ from ahcl.sharded import encode_files_sharded
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build, extend and inspect Hamming index files",
                        description="Hamming index files: one checksummed file of packed codes, "
-                                   "ids, labels and per-item metadata.")
+                                   "ids, labels and per-item metadata, plus a write-ahead log "
+                                   "(INDEX.wal) of the additions and removals made since; "
+                                   "`compact` folds the log into the file.")
     verbs = p.add_subparsers(dest="index_verb", metavar="SUBCOMMAND")
 
     info = verbs.add_parser("info", help="describe an index file")
@@ -67,12 +69,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--json", action="store_true")
     add_device_args(add)
     add.set_defaults(func=add_cmd)
+
+    for name, func, summary, description in (
+            ("compact", compact_cmd, "fold an index's log into its file",
+             "Rewrite INDEX (atomically) to hold everything its log added or removed, and empty "
+             "the log. A file opened without its checksums is checked first."),
+            ("verify", verify_cmd, "check every checksum of an index file and its log",
+             "Read the whole index file and its log and check every CRC; exit 1 with one line "
+             "naming the damage, 0 when all is well.")):
+        verb = verbs.add_parser(name, help=summary, description=description)
+        verb.add_argument("index", metavar="INDEX")
+        verb.add_argument("--json", action="store_true")
+        verb.set_defaults(func=func)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
 def info_cmd(args: argparse.Namespace) -> int:
     header = read_header(args.index)
-    index = HammingIndex.load(args.index, mmap=True, verify=True)
+    store = IndexStore(args.index, mmap=True, verify=True)
+    index, log = store.index, store.info()
     labels = np.asarray(index.labels)
     known = labels[labels >= 0]
     summary = {
@@ -82,8 +97,10 @@ def info_cmd(args: argparse.Namespace) -> int:
         "semantic_bits": index.semantic_bits,
         "instance_bits": index.instance_bits,
         "n": len(index),
-        "next_id": header["next_id"],
+        "next_id": index._next_id,
         "file_bytes": header["file_size"],
+        "log_records": log["log_records"],
+        "log_bytes": log["log_bytes"],
         "labelled": int(known.shape[0]),
         "classes": int(np.unique(known).shape[0]),
         "with_meta": header["sections"]["meta_blob"]["nbytes"] > 0,
@@ -167,10 +184,10 @@ def _build_from_scenes(args: argparse.Namespace) -> int:
 
 
 def add_cmd(args: argparse.Namespace) -> int:
-    # Header and sizes only: a mismatch fails before encoding; the full check is under the lock.
-    index = HammingIndex.load(args.index, verify=False)
+    # A mismatch fails before encoding; the log catches up with other writers under the lock.
+    store = IndexStore(args.index)
     run = load_run(args.run, **run_options(args))
-    run.check_index(index, args.index)
+    run.check_index(store.index, args.index)
     paths = [str(Path(p).resolve()) for p in args.images]
     if args.label is None:
         labels = np.full(len(paths), -1, dtype=np.int64)
@@ -181,15 +198,39 @@ def add_cmd(args: argparse.Namespace) -> int:
                                    context="for this run")
         labels = np.full(len(paths), run.classes.index(args.label), dtype=np.int64)
         codes = run.codes_for_labelled(paths, labels)
-    # Encoding ran without the lock; the file is read again under it (another writer may have
-    # added since), verified in full (it is about to be re-saved), changed and saved.
-    with writing(args.index):
-        index = HammingIndex.load(args.index, verify=True)
-        run.check_index(index, args.index)
-        ids = index.add(codes, labels=labels, meta=[{"path": p} for p in paths])
-        index.save(args.index)
-    _report(args, {"index": str(args.index), "added": int(ids.shape[0]), "n": len(index),
+    # Encoding ran without the lock; the addition is one log record, appended and fsynced
+    # under it after catching up with what other writers appended meanwhile.
+    ids = store.add(codes, labels=labels, meta=[{"path": p} for p in paths])
+    _report(args, {"index": str(args.index), "added": int(ids.shape[0]), "n": len(store),
                    "ids": [int(i) for i in ids]})
+    return 0
+
+
+def compact_cmd(args: argparse.Namespace) -> int:
+    folded = IndexStore(args.index).compact()
+    result = {"index": str(args.index), "n": folded["items"],
+              "log_records": folded["records"], "log_bytes": folded["bytes"]}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{args.index}: {folded['records']} log records ({folded['bytes']} bytes) folded "
+              f"in, {folded['items']} in the index")
+    return 0
+
+
+def verify_cmd(args: argparse.Namespace) -> int:
+    report = IndexStore(args.index, verify=False).verify()
+    if args.json:
+        print_json({"index": str(args.index), "ok": True, **report})
+    else:
+        extra = ""
+        if report["torn_bytes"]:
+            extra += f"; an interrupted last record ({report['torn_bytes']} bytes, never " \
+                     "acknowledged) is dropped at the next write"
+        if report["stale_log"]:
+            extra += "; a log left from an earlier file is ignored"
+        print(f"{args.index}: ok, {report['items']} items, {report['log_records']} log records"
+              f"{extra}")
     return 0
 
 

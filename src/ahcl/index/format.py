@@ -34,11 +34,12 @@ append costs one sequential copy of the file at disk speed, never a full copy in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
@@ -74,6 +75,9 @@ class Segment:
     ids: np.ndarray
     labels: np.ndarray
     meta: Any = None
+    #: Views the kernels read, derived from this segment's rows (words, bit planes, tile
+    #: minima); segments are never changed in place, so indexes that share one share these.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -144,12 +148,20 @@ def _write_array(f: IO[bytes], pieces: Iterable[np.ndarray | bytes], section: di
     section["crc32"] = crc
 
 
+def header_token(raw: bytes) -> str:
+    """The identity of one saved file: a digest of its header bytes, which hold every section's
+    CRC, ``n`` and ``next_id``. The write-ahead log (:mod:`ahcl.index.wal`) names the file it
+    extends by this token; a log for another file at the same path is stale and ignored."""
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
 def write_index(path: str | os.PathLike, n_bits: int, next_id: int, segments: list[Segment], *,
-                semantic_bits: int | None = None, version: int = VERSION) -> None:
+                semantic_bits: int | None = None, version: int = VERSION) -> str:
     """Write ``segments`` as one index file at ``path``, atomically (see the module docstring).
 
     ``semantic_bits``: of a split index (``None``: ``n_bits``, plain). ``version``: 1 writes the
-    old layout (readable by older ahcl), only for a plain index.
+    old layout (readable by older ahcl), only for a plain index. Returns the file's
+    :func:`header_token`: a log written for an earlier file at ``path`` no longer applies.
     """
     semantic_bits = n_bits if semantic_bits is None else int(semantic_bits)
     if version not in VERSIONS or (version == 1 and semantic_bits != n_bits):
@@ -189,11 +201,13 @@ def write_index(path: str | os.PathLike, n_bits: int, next_id: int, segments: li
         f.seek(0)
         f.write(_PREAMBLE.pack(MAGIC, version, len(raw), zlib.crc32(raw), 0))
         f.write(raw)
+    return header_token(raw)
 
 
 def read_header(path: str | os.PathLike) -> dict:
     """The validated header of the index file at ``path`` (sizes checked, CRCs of sections not);
-    ``semantic_bits`` is always set (``n_bits`` for a version-1 file).
+    ``semantic_bits`` is always set (``n_bits`` for a version-1 file), and ``token`` (the
+    file's :func:`header_token`, not stored in it).
 
     Raises:
         IndexFileError: missing, not an index, unknown version, damaged header, or wrong size.
@@ -220,6 +234,7 @@ def read_header(path: str | os.PathLike) -> dict:
         raise _file_error(path, "index header checksum mismatch (file corrupted); "
                                 "rebuild or restore it")
     header = json.loads(raw)
+    header["token"] = header_token(raw)
     if header.get("version") != version:
         raise _file_error(path, f"index header says version {header.get('version')}, the file "
                                 f"{version}; rebuild or restore it")

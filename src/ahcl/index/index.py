@@ -30,9 +30,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ahcl.errors import AhclError
+from ahcl.errors import AhclError, IndexFileError
 from ahcl.index import format as fmt
-from ahcl.index import kernels, lexicographic, planes, selection, simd
+from ahcl.index import kernels, lexicographic, planes, selection, simd, wal
+from ahcl.index.columns import Column
 from ahcl.index.hits import Hit, hits_from_rows
 from ahcl.index.mih import MultiIndexHash
 from ahcl.index.packing import as_packed
@@ -43,6 +44,9 @@ SEED_RANK = 2.0
 CAP_EXTRA = 512  # candidate buffer: room for at least this many entries beyond k
 RANGE_ROOM = 64  # range search results per query that the first scan keeps,
 RANGE_ROOM_TOTAL = 1 << 22  # and for all queries together
+#: Rows of the in-memory segment that small additions are merged into; past it they start a new
+#: one. Bounds both the copy one addition costs and the number of segments a scan walks.
+TAIL_ROWS = 16384
 
 
 #: Most bytes of padding (results beyond the items indexed) a search may allocate: a k far above
@@ -98,6 +102,8 @@ class HammingIndex:
         self.mih = bool(mih)
         self.threads = threads
         self._segments: list[fmt.Segment] = []
+        self._ids_col: Column | None = None  # ids and labels in storage order, built on use
+        self._labels_col: Column | None = None
         self._next_id = 0
         self._version = 0  # bumped on every change; cached views check it
         self._cache: dict[str, Any] = {}
@@ -136,13 +142,27 @@ class HammingIndex:
     @property
     def ids(self) -> np.ndarray:
         """``int64 (n,)`` ids in storage order."""
-        return self._cached(
-            "ids", lambda: np.asarray(_concat([s.ids for s in self._segments], np.int64)))
+        if self._ids_col is None:
+            self._ids_col = Column(np.asarray(_concat([s.ids for s in self._segments], np.int64)))
+        return self._ids_col.view(len(self))
 
     @property
     def labels(self) -> np.ndarray:
         """``int64 (n,)`` labels in storage order (``-1`` unknown)."""
-        return self._cached("labels", lambda: _concat([s.labels for s in self._segments], np.int64))
+        if self._labels_col is None:
+            self._labels_col = Column(
+                np.asarray(_concat([s.labels for s in self._segments], np.int64)))
+        return self._labels_col.view(len(self))
+
+    def copy(self) -> "HammingIndex":
+        """An independent index with the same content, in O(segments): rows, kernel views and
+        id/label columns are shared, never changed in place. What a search reads while a writer
+        changes the original (the service searches the snapshot it took, never waiting)."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other._segments = list(self._segments)
+        other._cache = dict(self._cache)
+        return other
 
     def _cached(self, key: str, make: Any) -> Any:
         hit = self._cache.get(key)
@@ -210,18 +230,49 @@ class HammingIndex:
                 raise HammingIndexError(f"{len(items)} meta entries for {n} codes")
         if n == 0:
             return new_ids
-        self._segments.append(fmt.Segment(packed.copy(), new_ids.copy(), lab.copy(), items))
+        self._append(packed, new_ids, lab, items)
+        return new_ids
+
+    def _append(self, packed: np.ndarray, new_ids: np.ndarray, lab: np.ndarray,
+                items: list | None) -> None:
+        """Add checked rows: merged into the last segment while it is a small in-memory one
+        (:data:`TAIL_ROWS`), so many single additions neither copy the archive nor leave the
+        scan walking many tiny segments."""
+        n_before, n = len(self), packed.shape[0]
+        ordered = self._cache.get("sorter")
+        ordered = ordered is not None and ordered[0] == self._version and ordered[1][0] is None \
+            and bool(np.all(new_ids[1:] > new_ids[:-1])) \
+            and (n_before == 0 or int(new_ids[0]) > int(self.ids[-1]))
+        last = self._segments[-1] if self._segments else None
+        if last is not None and len(last) + n <= TAIL_ROWS \
+                and not isinstance(last.codes, np.memmap) and not isinstance(last.meta, tuple):
+            meta = None
+            if last.meta is not None or items is not None:
+                meta = (last.meta if last.meta is not None else [None] * len(last)) \
+                    + (items if items is not None else [None] * n)
+            self._segments[-1] = fmt.Segment(np.concatenate([last.codes, packed]),
+                                             np.concatenate([last.ids, new_ids]),
+                                             np.concatenate([last.labels, lab]), meta)
+        else:
+            self._segments.append(fmt.Segment(packed.copy(), new_ids.copy(), lab.copy(), items))
+        if self._ids_col is not None:
+            self._ids_col = self._ids_col.extended(n_before, new_ids)
+        if self._labels_col is not None:
+            self._labels_col = self._labels_col.extended(n_before, lab)
         self._next_id = max(self._next_id, int(new_ids.max()) + 1)
         self._changed()
-        return new_ids
+        if ordered:  # ids still ascending in storage order: lookups need no sort
+            self._cache["sorter"] = (self._version, (None,))
 
     def _check_new_ids(self, new_ids: np.ndarray, n: int) -> None:
         if new_ids.shape[0] != n:
             raise HammingIndexError(f"{new_ids.shape[0]} ids for {n} codes")
         if n and np.unique(new_ids).shape[0] != n:
             raise HammingIndexError("duplicate ids in one add() call; ids must be unique")
-        if n and len(self) and (new_ids.min() <= self.ids.max()):
-            clash = new_ids[np.isin(new_ids, self.ids)]
+        if n and len(self) and new_ids.min() < self._next_id:
+            clash = np.concatenate([np.empty(0, np.int64)] + [
+                new_ids[np.isin(new_ids, s.ids)] for s in self._segments
+                if new_ids.min() <= _max_id(s)])
             if clash.shape[0]:
                 raise HammingIndexError(f"id {int(clash[0])} is already in the index "
                                         f"({clash.shape[0]} clashing ids); remove it first",
@@ -248,6 +299,7 @@ class HammingIndex:
                                         seg.labels[keep], meta))
         if removed:
             self._segments = kept
+            self._ids_col = self._labels_col = None
             self._changed()
         return removed
 
@@ -276,7 +328,8 @@ class HammingIndex:
         return padded.view(np.uint64).reshape(-1)
 
     def _segment_words(self) -> list[np.ndarray]:
-        return self._cached("words", lambda: [self._words(s.codes) for s in self._segments])
+        return [_segment_cached(s, "words", lambda s=s: self._words(s.codes))
+                for s in self._segments]
 
     def _kernel_inputs(self, q: np.ndarray) -> tuple[int, np.ndarray, list[np.ndarray]]:
         """The calling thread's kernel path, and what it reads besides the rows: query plane
@@ -285,9 +338,9 @@ class HammingIndex:
         path = simd.path_code(self.n_bits)
         if path == simd.AVX2 and self.n_bits < 2**19:
             n_planes = planes.n_planes(self.n_bits)
-            segs = self._cached("planes", lambda: [
-                planes.to_planes(w, len(s), self.words, n_planes)
-                for s, w in zip(self._segments, self._segment_words())])
+            segs = [_segment_cached(s, "planes", lambda s=s, w=w: planes.to_planes(
+                w, len(s), self.words, n_planes))
+                for s, w in zip(self._segments, self._segment_words())]
             return path, planes.query_masks(q, n_planes), segs
         path = simd.POPCNT if path == simd.AVX2 else path
         empty = np.zeros(0, dtype=np.uint64)
@@ -434,8 +487,8 @@ class HammingIndex:
 
     def _tile_min(self, tile: int) -> list[np.ndarray]:
         """Per segment, the smallest id of each tile of ``tile`` rows (kept until a change)."""
-        return self._cached(f"tile_min {tile}", lambda: [
-            kernels.tile_min_ids(np.asarray(s.ids), tile) for s in self._segments])
+        return [_segment_cached(s, f"tile_min {tile}", lambda s=s: kernels.tile_min_ids(
+            np.asarray(s.ids), tile)) for s in self._segments]
 
     def _split_inputs(self) -> tuple[int, np.ndarray, np.ndarray, int]:
         """What the split kernels read besides the rows: the calling thread's kernel path, the
@@ -664,10 +717,14 @@ class HammingIndex:
         return [self._segments[s].meta_at(int(i)) for s, i in zip(seg, local)]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to one file, atomically (format: :mod:`ahcl.index.format`)."""
-        fmt.write_index(path, self.n_bits, self._next_id, self._segments,
-                        semantic_bits=self.semantic_bits)
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the index to one file, atomically (format: :mod:`ahcl.index.format`), and
+        remove the write-ahead log of an earlier file at ``path`` (this file holds what the
+        index holds). Returns the file's token (:func:`ahcl.index.format.header_token`)."""
+        token = fmt.write_index(path, self.n_bits, self._next_id, self._segments,
+                                semantic_bits=self.semantic_bits)
+        wal.discard(path)
+        return token
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool | None = None, *,
@@ -685,13 +742,55 @@ class HammingIndex:
         Raises:
             IndexFileError: missing, truncated, corrupted or of another format version.
         """
-        header, segment = fmt.read_index(path, mmap=mmap, verify=verify)
+        return cls._open(path, mmap=mmap, verify=verify, mih=mih, threads=threads)[0]
+
+    @classmethod
+    def _open(cls, path: str | os.PathLike, mmap: bool = True, verify: bool | None = None, *,
+              mih: bool = False, threads: int | None = None
+              ) -> tuple["HammingIndex", dict, wal.LogRead]:
+        """:meth:`load`, plus the file's header and what its log held: the file and the log
+        are read as one consistent state (read again if the file was replaced meanwhile)."""
+        for _ in range(8):
+            before = _file_identity(path)
+            header, segment = fmt.read_index(path, mmap=mmap, verify=verify)
+            log = wal.read_log(path, header["token"], header["n_bits"], header["semantic_bits"])
+            if _file_identity(path) == before:
+                break
         index = cls(header["n_bits"], semantic_bits=header["semantic_bits"], mih=mih,
                     threads=threads)
         index._next_id = int(header["next_id"])
         if len(segment):
             index._segments.append(segment)
-        return index
+        index._replay(log.records, path)
+        return index, header, log
+
+    def _replay(self, records: list[wal.Record], path: str | os.PathLike) -> None:
+        """Apply logged changes in order; consecutive additions go in as one."""
+        pending: list[wal.Record] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            ids = np.concatenate([r.ids for r in pending])
+            meta = None
+            if any(r.meta is not None for r in pending):
+                meta = [m for r in pending for m in (r.meta or [None] * len(r.ids))]
+            try:
+                self._check_new_ids(ids, ids.shape[0])
+            except HammingIndexError as exc:
+                raise IndexFileError(f"{wal.log_path(path)}: the log adds an id twice ({exc}); "
+                                     "restore the index", path=str(path)) from None
+            self._append(np.concatenate([r.codes for r in pending]), ids,
+                         np.concatenate([r.labels for r in pending]), meta)
+            pending.clear()
+
+        for record in records:
+            if record.kind == "add":
+                pending.append(record)
+            else:
+                flush()
+                self.remove(record.ids)
+        flush()
 
 
 def _pad(k_out: int, *columns: tuple[np.ndarray, int]) -> tuple[np.ndarray, ...]:
@@ -702,6 +801,28 @@ def _pad(k_out: int, *columns: tuple[np.ndarray, int]) -> tuple[np.ndarray, ...]
             arr = np.pad(arr, ((0, 0), (0, k_out - arr.shape[1])), constant_values=fill)
         out.append(arr)
     return tuple(out)
+
+
+def _file_identity(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(inode, mtime ns, size) of a file, ``None`` when it does not exist: saves are renames,
+    so every save by any process changes it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _segment_cached(seg: fmt.Segment, key: str, make: Any) -> Any:
+    """``seg.cache[key]``, made on first use (segments never change, so neither does it)."""
+    hit = seg.cache.get(key)
+    if hit is None:
+        hit = seg.cache[key] = make()
+    return hit
+
+
+def _max_id(seg: fmt.Segment) -> int:
+    return int(_segment_cached(seg, "max id", lambda: np.max(seg.ids) if len(seg) else -1))
 
 
 def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:

@@ -1,11 +1,14 @@
-"""The archive a server searches: a :class:`~ahcl.index.HammingIndex`, the run that encodes
-queries, and a folder of uploaded images (checked by :mod:`ahcl.serve.uploads`), changed only
-under one lock and persisted atomically.
+"""The archive a server searches: an index file with its write-ahead log
+(:class:`~ahcl.index.store.IndexStore`), the run that encodes queries, and a folder of uploaded
+images (checked by :mod:`ahcl.serve.uploads`). Searches read immutable snapshots; writes are
+serialised and durable when acknowledged.
 
 Layout on disk::
 
     RUN/archive.index        the index (written on the first change; until then the run's
                              database codes are indexed in memory)
+    RUN/archive.index.wal    additions and removals since the file was written (folded into
+                             it in the background once it grows past half the file)
     RUN/archive.images/      uploaded images, named by the sha256 of their bytes
 
 or, serving an index file ``X.index`` built by ``ahcl index build``, ``X.index`` itself and
@@ -17,27 +20,33 @@ index's int64 ids and are never reused, so a thumbnail cached by id never goes s
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
 
 from ahcl._io import atomic_write_bytes
 from ahcl.data.images import ImageReadError, load_rgb
-from ahcl.errors import AhclError
+from ahcl.errors import AhclError, IndexFileError
 from ahcl.index import HammingIndex, Hit, search_results
 from ahcl.index import format as index_format
 from ahcl.index.hits import hits_from_rows
+from ahcl.index import wal
 from ahcl.index.lock import writing
+from ahcl.index.store import IndexStore
 from ahcl.run import Run, load_run
 from ahcl.serve.uploads import Upload
 
 #: Name of the index file written inside a run folder on the first change.
 ARCHIVE_INDEX = "archive.index"
+#: How stale a read may be about other processes' writes (this process's are seen at once).
+REFRESH_SECONDS = 0.5
 
 
 class UnknownItemError(AhclError, KeyError):
@@ -56,39 +65,48 @@ class UnknownItemError(AhclError, KeyError):
 class Archive:
     """A searchable, writable image archive (thread-safe).
 
+    Searches read the current snapshot of the index and take no lock: they never wait for an
+    encode, a write's fsync or a compaction. Writes are serialised (in this process and, through
+    the index's file lock, with every other writer) and are one write-ahead-log record each
+    (:class:`ahcl.index.store.IndexStore`), so their cost grows with the batch, not the archive.
+    Changes other processes make (``ahcl index add``, another server) are picked up within
+    :data:`REFRESH_SECONDS` by searches, and at once by writes.
+
     Args:
         run: the run whose network encodes queries and uploads.
-        index: the index of archive codes (meta ``{"path"}`` per item).
-        index_path: where changes are saved (atomically).
+        index: the index of archive codes (meta ``{"path"}`` per item): an
+            :class:`~ahcl.index.store.IndexStore` of ``index_path``, or an in-memory
+            :class:`~ahcl.index.HammingIndex` written to ``index_path`` on the first change.
+        index_path: the index file.
         images_dir: where uploaded images are stored.
         thumb_size: longest side of thumbnails, pixels.
         thumb_cache: thumbnails kept in memory (least recently used dropped first).
     """
 
-    def __init__(self, run: Run, index: HammingIndex, index_path: Path, images_dir: Path, *,
-                 thumb_size: int = 160, thumb_cache: int = 4096,
-                 index_loaded_from_file: bool | None = None) -> None:
-        run.check_index(index, index_path)
-        if index_loaded_from_file is None:
-            index_loaded_from_file = Path(index_path).is_file()
+    def __init__(self, run: Run, index: IndexStore | HammingIndex, index_path: Path,
+                 images_dir: Path, *, thumb_size: int = 160, thumb_cache: int = 4096) -> None:
+        self._store = index if isinstance(index, IndexStore) else None
+        self._memory = None if self._store is not None else index
+        run.check_index(self.index, index_path)
         self.run = run
-        self.index = index
         self.index_path = Path(index_path)
         self.images_dir = Path(images_dir)
         self.thumb_size = int(thumb_size)
-        self.revision = 0  # bumped on every change this process makes
-        self._lock = threading.RLock()
+        self.revision = 0  # bumped on every change this archive makes or sees
+        self._write_lock = threading.Lock()  # this process's writers, one at a time
         self._encode_lock = threading.Lock()  # one forward pass at a time: no CPU oversubscription
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._thumb_cap = int(thumb_cache)
         self._thumb_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._refreshed = time.monotonic()
+        self._seen_external = 0
+        self._uploads: dict[str, set[int]] | None = None
+        self._compacting: threading.Thread | None = None
         self.run.encoder()  # build now: the first query should not pay for it
-        # What the index file looked like when this archive read it (None: not read from one).
-        self._on_disk = _file_state(self.index_path) if index_loaded_from_file else None
-        # A file opened memory-mapped over VERIFY_LIMIT skipped its CRCs: it is verified before
-        # this archive first re-saves it, so flipped bytes are reported, never made permanent.
-        self._verified = not (index_loaded_from_file and self.index_path.stat().st_size
-                              > index_format.VERIFY_LIMIT)
+        if self._store is not None:  # a large file opened without its CRCs: check it meanwhile
+            threading.Thread(target=self._check_quietly, daemon=True,
+                             name="ahcl-index-check").start()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -107,7 +125,7 @@ class Archive:
             the_run = load_run(run if run is not None else source, **run_options)
             index_path = source / ARCHIVE_INDEX
             if index_path.is_file():
-                index = HammingIndex.load(index_path)
+                index: IndexStore | HammingIndex = IndexStore(index_path)
             else:
                 index = the_run.new_index()
                 index.add(the_run.db_codes, labels=the_run.db_labels,
@@ -118,17 +136,40 @@ class Archive:
         if run is None:
             raise AhclError(f"serving the index {source} needs --run RUN, the run that encodes "
                             "queries (or serve the run folder itself)")
-        return cls(load_run(run, **run_options), HammingIndex.load(source), source,
+        return cls(load_run(run, **run_options), IndexStore(source), source,
                    source.with_suffix(".images"), **kwargs)
 
     # ------------------------------------------------------------------ reading
+    @property
+    def index(self) -> HammingIndex:
+        """The current snapshot of the index (replaced, never changed, by writes)."""
+        return self._store.index if self._store is not None else self._memory
+
     @property
     def classes(self) -> list[str]:
         return self.run.classes
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self.index)
+        return len(self._current())
+
+    def _current(self) -> HammingIndex:
+        """The snapshot to read, after catching up with other processes' writes at most every
+        :data:`REFRESH_SECONDS` (a stat and a read of the new log bytes; skipped, not waited
+        for, while a write or another refresh runs)."""
+        store = self._store
+        if store is not None and time.monotonic() - self._refreshed > REFRESH_SECONDS \
+                and self._refresh_lock.acquire(blocking=False):
+            try:
+                if self._write_lock.acquire(blocking=False):
+                    try:
+                        self._refreshed = time.monotonic()
+                        store.refresh()
+                        self._note_external()
+                    finally:
+                        self._write_lock.release()
+            finally:
+                self._refresh_lock.release()
+        return self.index
 
     def class_name(self, label: int) -> str | None:
         return self.classes[label] if 0 <= label < len(self.classes) else None
@@ -139,14 +180,14 @@ class Archive:
         Raises:
             UnknownItemError: no such id.
         """
-        with self._lock:
-            label, meta = self._lookup(item_id)
+        label, meta = self._lookup(self._current(), item_id)
         return self._record(item_id, label, meta)
 
-    def _lookup(self, item_id: int) -> tuple[int, dict]:
+    @staticmethod
+    def _lookup(index: HammingIndex, item_id: int) -> tuple[int, dict]:
         try:
-            label = int(self.index.labels_of([item_id])[0])
-            meta = self.index.meta_of([item_id])[0] or {}
+            label = int(index.labels_of([item_id])[0])
+            meta = index.meta_of([item_id])[0] or {}
         except (ValueError, OverflowError):
             raise UnknownItemError(item_id) from None
         return label, meta
@@ -158,8 +199,8 @@ class Archive:
     def items(self, label: int | None = None, offset: int = 0, limit: int = 60
               ) -> tuple[int, list[dict[str, Any]]]:
         """Items in id order, optionally of one label: ``(total matching, page of records)``."""
-        with self._lock:
-            ids, labels = np.asarray(self.index.ids), np.asarray(self.index.labels)
+        index = self._current()
+        ids, labels = np.asarray(index.ids), np.asarray(index.labels)
         if ids.shape[0] > 1 and not np.all(ids[1:] > ids[:-1]):  # usually already in order
             order = np.argsort(ids, kind="stable")
             ids, labels = ids[order], labels[order]
@@ -173,8 +214,7 @@ class Archive:
 
     def class_counts(self) -> tuple[list[int], int]:
         """Items per class (in class order) and the number of unlabelled items."""
-        with self._lock:
-            labels = np.asarray(self.index.labels)
+        labels = np.asarray(self._current().labels)
         counts = np.bincount(labels[labels >= 0], minlength=len(self.classes))
         return [int(c) for c in counts[:len(self.classes)]], int(np.sum(labels < 0))
 
@@ -184,11 +224,10 @@ class Archive:
         Raises:
             UnknownItemError: no such id.
         """
-        with self._lock:
-            try:
-                return self.index.codes_of([item_id])
-            except (ValueError, OverflowError):
-                raise UnknownItemError(item_id) from None
+        try:
+            return self._current().codes_of([item_id])
+        except (ValueError, OverflowError):
+            raise UnknownItemError(item_id) from None
 
     # ------------------------------------------------------------------ search
     def encode(self, images: list[Image.Image]) -> np.ndarray:
@@ -212,20 +251,20 @@ class Archive:
             ``hit.to_dict(public=True)``: no server paths).
         """
         want = k + (exclude is not None)
-        with self._lock:
-            if radius is None:
-                hits = search_results(self.index, code, want, classes=self.classes)[0]
-            else:
-                _, dist, inst, ids = self.index.range_search_split(code, radius)
-                ids, dist, inst = ids[:want], dist[:want], inst[:want]
-                labels = self.index.labels_of(ids) if ids.shape[0] else ids
-                hits = hits_from_rows(ids, dist, labels, classes=self.classes,
-                                      instance_distances=inst if self.index.split else None)
+        index = self._current()  # one snapshot for the whole search, no lock
+        if radius is None:
+            hits = search_results(index, code, want, classes=self.classes)[0]
+        else:
+            _, dist, inst, ids = index.range_search_split(code, radius)
+            ids, dist, inst = ids[:want], dist[:want], inst[:want]
+            labels = index.labels_of(ids) if ids.shape[0] else ids
+            hits = hits_from_rows(ids, dist, labels, classes=self.classes,
+                                  instance_distances=inst if index.split else None)
         return [h for h in hits if h.id != exclude][:k]
 
     # ------------------------------------------------------------------ writing
     def add(self, uploads: list[Upload], label: int | None = None) -> list[dict[str, Any]]:
-        """Store uploaded images and index them; all or nothing.
+        """Store uploaded images and index them; all or nothing, durable when it returns.
 
         With a ``label`` the codes come from the run's database-code step for that class
         (:meth:`ahcl.run.Run.codes_for_labelled`), else from the network (label ``-1``).
@@ -243,48 +282,38 @@ class Archive:
             with self._encode_lock:
                 codes = self.run.codes_for_labelled([str(p) for p in paths], labels,
                                                     images=[u.image for u in uploads])
-        # The file lock first, then this process's lock: searches wait only for the save
-        # itself, never for another process's write.
-        with writing(self.index_path), self._lock:
+        with self._write_lock, self._writable() as store:
             created: list[Path] = []
-            ids = None
             try:
                 for u, path in zip(uploads, paths):
                     if not path.exists():  # content-addressed: the same bytes are stored once
                         atomic_write_bytes(path, u.data)
                         created.append(path)
-                self._reload_if_changed()
-                ids = self.index.add(codes, labels=labels, meta=[
+                ids = store.add(codes, labels=labels, meta=[
                     {"path": str(p), "sha256": u.sha256} for u, p in zip(uploads, paths)])
-                self._persist()
             except BaseException:
-                if ids is not None:
-                    self.index.remove(ids)
                 for path in created:
                     path.unlink(missing_ok=True)
                 raise
+            self._note_external()
             self.revision += 1
             for i, u in zip(ids, uploads):
                 self._upload_ids().setdefault(u.sha256, set()).add(int(i))
+        self._compact_if_needed()
         return [self._record(int(i), int(lab), {"sha256": ""}) for i, lab in zip(ids, labels)]
 
     def delete(self, item_id: int) -> None:
-        """Remove an item from the index (persisted) and its uploaded file if no other item
-        shares it.
+        """Remove an item from the index (durable when it returns) and its uploaded file if no
+        other item shares it.
 
         Raises:
             UnknownItemError: no such id.
         """
-        with writing(self.index_path), self._lock:
-            self._reload_if_changed()
-            label, meta = self._lookup(item_id)
-            code = self.code_of(item_id)
-            self.index.remove([item_id])
-            try:
-                self._persist()
-            except BaseException:
-                self.index.add(code, ids=[item_id], labels=[label], meta=[meta])
-                raise
+        with self._write_lock, self._writable() as store:
+            store.refresh()
+            self._note_external()
+            _, meta = self._lookup(store.index, item_id)
+            store.remove([item_id])
             self.revision += 1
             sha = meta.get("sha256")
             if sha:
@@ -295,42 +324,70 @@ class Archive:
                     Path(meta["path"]).unlink(missing_ok=True)
         with self._thumb_lock:
             self._thumbs.pop(int(item_id), None)
+        self._compact_if_needed()
 
-    def _persist(self) -> None:
-        """Save (the caller holds the writer lock) and reopen what was written."""
-        self.index.save(self.index_path)
-        # Reopen the file just written (memory-mapped, one segment) so that many small adds
-        # do not leave the scan walking many small segments.
-        self.index = HammingIndex.load(self.index_path, verify=False)
-        self._on_disk = _file_state(self.index_path)
-        self._verified = True  # written from memory just now
-
-    def _reload_if_changed(self) -> None:
-        """Under the writer lock: if another process (``ahcl index add``, another server) has
-        saved the file since this one read or wrote it, start from that file (verified), so no
-        id is handed out twice and nothing it added is lost."""
-        state = _file_state(self.index_path)
-        if state is not None and state == self._on_disk and not self._verified:
-            HammingIndex.load(self.index_path, verify=True)  # raises IndexFileError if damaged
-            self._verified = True
-        if state is None or state == self._on_disk:
+    @contextlib.contextmanager
+    def _writable(self) -> Iterator[IndexStore]:
+        """The index file's store for one change (caller holds the write lock). A run folder's
+        archive writes its file at the first change (or opens the one another process wrote
+        meanwhile); if that change fails, the file it wrote goes again."""
+        if self._store is not None:
+            yield self._store
             return
-        index = HammingIndex.load(self.index_path, verify=True)
-        self.run.check_index(index, self.index_path)
-        self.index = index
-        self._on_disk, self._verified = state, True
-        self._uploads = None
-        self.revision += 1
-        with self._thumb_lock:
-            self._thumbs.clear()
+        created = False
+        with writing(self.index_path):
+            if not self.index_path.is_file():
+                self._memory.save(self.index_path)
+                created = True
+        store = IndexStore(self.index_path, verify=True)
+        try:
+            self.run.check_index(store.index, self.index_path)
+            yield store
+        except BaseException:
+            if created:
+                with writing(self.index_path):
+                    self.index_path.unlink(missing_ok=True)
+                    wal.discard(self.index_path)
+            raise
+        self._store, self._memory = store, None
+
+    def _note_external(self) -> None:
+        """Forget what another process's changes (seen by the store) made stale."""
+        store = self._store
+        if store is not None and store.external_changes != self._seen_external:
+            self._seen_external = store.external_changes
+            self._uploads = None
+            self.revision += 1
+            with self._thumb_lock:
+                self._thumbs.clear()
+
+    def _check_quietly(self) -> None:
+        with contextlib.suppress(IndexFileError):  # reported (and refused) at the next write
+            self._store.check_file()
+
+    def _compact_if_needed(self) -> None:
+        """Fold a grown log into the file in a background thread (searches go on; writes wait)."""
+        store = self._store
+        if store is None or not store.needs_compaction() or \
+                (self._compacting is not None and self._compacting.is_alive()):
+            return
+
+        def compact() -> None:
+            with self._write_lock, contextlib.suppress(AhclError):
+                store.compact()
+
+        self._compacting = threading.Thread(target=compact, daemon=True,
+                                            name="ahcl-index-compact")
+        self._compacting.start()
 
     def _upload_ids(self) -> dict[str, set[int]]:
         """sha256 → ids of uploaded items with those bytes (built on first use: one meta pass)."""
-        table = getattr(self, "_uploads", None)
+        table = self._uploads
         if table is None:
             table = {}
-            ids = np.asarray(self.index.ids)
-            for i, meta in zip(ids, self.index.meta_of(ids) if ids.shape[0] else []):
+            index = self.index
+            ids = np.asarray(index.ids)
+            for i, meta in zip(ids, index.meta_of(ids) if ids.shape[0] else []):
                 if meta and meta.get("sha256"):
                     table.setdefault(meta["sha256"], set()).add(int(i))
             self._uploads = table
@@ -348,8 +405,7 @@ class Archive:
             if hit is not None:
                 self._thumbs.move_to_end(item_id)
                 return hit
-        with self._lock:
-            _, meta = self._lookup(item_id)
+        _, meta = self._lookup(self._current(), item_id)
         path = meta.get("path")
         try:
             if not path:
@@ -378,14 +434,8 @@ class Archive:
                 "model": {"method": self.run.method, "backbone": cfg.get("backbone"),
                           "mode": cfg.get("mode"), "run": self.run.path.name},
                 "index": {"format_version": index_format.VERSION, "revision": self.revision,
-                          "persisted": self.index_path.is_file()}}
+                          "persisted": self._store is not None,
+                          **({"log_records": self._store.info()["log_records"]}
+                             if self._store is not None else {})}}
 
 
-def _file_state(path: Path) -> tuple[int, int, int] | None:
-    """(inode, mtime ns, size) of a file, ``None`` when it does not exist: saves are renames,
-    so any save by any process changes it."""
-    try:
-        st = Path(path).stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size

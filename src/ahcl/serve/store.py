@@ -297,8 +297,9 @@ class Archive:
                 raise
             self._note_external()
             self.revision += 1
-            for i, u in zip(ids, uploads):
-                self._upload_ids().setdefault(u.sha256, set()).add(int(i))
+            if self._uploads is not None:  # else built from the index at the first deletion
+                for i, u in zip(ids, uploads):
+                    self._uploads.setdefault(u.sha256, set()).add(int(i))
         self._compact_if_needed()
         return [self._record(int(i), int(lab), {"sha256": ""}) for i, lab in zip(ids, labels)]
 
@@ -381,7 +382,8 @@ class Archive:
         self._compacting.start()
 
     def _upload_ids(self) -> dict[str, set[int]]:
-        """sha256 → ids of uploaded items with those bytes (built on first use: one meta pass)."""
+        """sha256 → ids of uploaded items with those bytes (built at the first deletion: one
+        pass over every item's meta, which additions never wait for)."""
         table = self._uploads
         if table is None:
             table = {}

@@ -1,0 +1,231 @@
+"""An archive that grows (issue #14): single additions over HTTP against archive size, a stream of
+additions into a large index, and searches while another client adds.
+
+    python benchmarks/bench_archive.py [--small 10000] [--large 1000000] [--repeats 100]
+                                       [--stream-n 10000000] [--stream 10000] [--clients 4]
+
+1. Trains a tiny run (tiny_cnn on synthetic scenes, seconds) that encodes uploads.
+2. Two index files of random 64-bit codes (the run's 16 + 48 split) with a path per item (``--small`` and ``--large``
+   items); each served by a real uvicorn server on 127.0.0.1. A single-image addition
+   (``POST /api/items``: decode, encode, one fsynced log record) is timed ``--repeats`` times on
+   each; the figure is the ratio of the medians (large / small) and the large archive's p50.
+3. Search p50 over HTTP (by id) on the large archive, alone and while one other client adds
+   continuously.
+4. ``--stream`` single additions through the API from ``--clients`` clients into an index of
+   ``--stream-n`` codes; wall time, then the index reopened from disk to check every
+   acknowledged id is there.
+
+Prints the CPU; writes ``benchmarks/results/archive.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ahcl._io import atomic_write_json
+from ahcl.index import HammingIndex
+from ahcl.run import load_run
+from ahcl.serve import Archive, ServeSettings, create_app
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the harness lives in the repo
+from benchmarks.bench_encode import cpu_info  # noqa: E402
+from benchmarks.bench_serve import train_tiny_run  # noqa: E402
+from benchmarks.loadgen import multipart  # noqa: E402
+from tests.serve._server import ServerThread  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+def ms(values: list[float]) -> dict[str, float]:
+    p50, p95 = np.percentile(np.asarray(values) * 1e3, [50, 95])
+    return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "n": len(values)}
+
+
+def png(seed: int) -> bytes:
+    rng = np.random.default_rng([7, seed])
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def build_index(path: Path, run: Path, n: int, meta: bool = True) -> None:
+    """``n`` random codes of the run's length and split, labels, and a path each (``meta``)."""
+    rng = np.random.default_rng(n)
+    index = load_run(run).new_index()
+    chunk = 1_000_000
+    for lo in range(0, n, chunk):
+        m = min(chunk, n - lo)
+        index.add(rng.integers(0, 256, (m, 8), dtype=np.uint8), labels=rng.integers(0, 8, m),
+                  meta=[{"path": f"/archive/scene_{lo + i:08d}.png"} for i in range(m)]
+                  if meta else None)
+    index.save(path)
+
+
+class Client:
+    """One keep-alive HTTP connection."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.split("//")[1].split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=120)
+
+    def post(self, path: str, body: bytes, ctype: str, auth: bool = False) -> tuple[float, dict]:
+        headers = {"Content-Type": ctype}
+        if auth:
+            headers["Authorization"] = f"Bearer {TOKEN}"
+        start = time.perf_counter()
+        self.conn.request("POST", path, body=body, headers=headers)
+        response = self.conn.getresponse()
+        payload = response.read()
+        took = time.perf_counter() - start
+        if response.status not in (200, 201):
+            raise RuntimeError(f"{path}: HTTP {response.status}: {payload[:200]!r}")
+        return took, json.loads(payload)
+
+    def add(self, seed: int) -> tuple[float, list[int]]:
+        body, ctype = multipart({}, [("image", f"n{seed}.png", png(seed))])
+        took, out = self.post("/api/items", body, ctype, auth=True)
+        return took, [item["id"] for item in out["items"]]
+
+    def search(self, item_id: int) -> float:
+        return self.post("/api/search", json.dumps({"id": item_id, "k": 10}).encode(),
+                         "application/json")[0]
+
+
+def serve(index_path: Path, run: Path) -> ServerThread:
+    archive = Archive.open(index_path, run=run)
+    return ServerThread(create_app(archive, ServeSettings(token=TOKEN)))
+
+
+def single_additions(run: Path, root: Path, sizes: list[int], repeats: int) -> dict:
+    out = {}
+    for n in sizes:
+        path = root / f"a{n}.index"
+        build_index(path, run, n)
+        with serve(path, run) as server:
+            client = Client(server.url)
+            for i in range(5):
+                client.add(10**6 + i)  # warm: first log record, compiled kernels
+            times = [client.add(n + i)[0] for i in range(repeats)]
+        out[str(n)] = ms(times)
+        print(f"single addition over HTTP, {n:>9,} items: p50 {out[str(n)]['p50_ms']:7.2f} ms  "
+              f"p95 {out[str(n)]['p95_ms']:7.2f} ms", file=sys.stderr)
+    return out
+
+
+def search_while_adding(run: Path, root: Path, n: int, repeats: int) -> dict:
+    path = root / f"a{n}.index"
+    rng = np.random.default_rng(1)
+    with serve(path, run) as server:
+        searcher = Client(server.url)
+        picks = rng.integers(0, n, repeats)
+        for i in picks[:5]:
+            searcher.search(int(i))
+        alone = [searcher.search(int(i)) for i in picks]
+        stop = threading.Event()
+        added = []
+
+        def adder() -> None:
+            client = Client(server.url)
+            seed = 5 * 10**6
+            while not stop.is_set():
+                added.extend(client.add(seed)[1])
+                seed += 1
+
+        thread = threading.Thread(target=adder)
+        thread.start()
+        time.sleep(0.5)
+        busy = [searcher.search(int(i)) for i in picks]
+        stop.set()
+        thread.join()
+    result = {"alone": ms(alone), "while_adding": ms(busy), "additions_meanwhile": len(added)}
+    print(f"search by id over HTTP, {n:,} items: alone p50 {result['alone']['p50_ms']:.2f} ms, "
+          f"while another client adds p50 {result['while_adding']['p50_ms']:.2f} ms "
+          f"({len(added)} additions meanwhile)", file=sys.stderr)
+    return result
+
+
+def stream(run: Path, root: Path, n: int, count: int, clients: int) -> dict:
+    path = root / f"s{n}.index"
+    start = time.perf_counter()
+    build_index(path, run, n, meta=False)
+    built = time.perf_counter() - start
+    ids: list[int] = []
+    errors: list[str] = []
+    with serve(path, run) as server:
+        Client(server.url).add(0)  # warm
+
+        def work(c: int) -> None:
+            client = Client(server.url)
+            try:
+                for j in range(c, count, clients):
+                    ids.extend(client.add(10**7 + j)[1])
+            except Exception as exc:  # recorded, the run reports it
+                errors.append(str(exc)[:200])
+
+        threads = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+    reopened = HammingIndex.load(path)
+    present = np.isin(np.asarray(ids, dtype=np.int64), reopened.ids).all()
+    result = {"index_items": n, "additions": len(ids), "clients": clients,
+              "seconds": round(wall, 2), "per_s": round(len(ids) / wall, 1),
+              "build_s": round(built, 1), "all_present_after_reopen": bool(present),
+              "errors": errors[:5]}
+    print(f"{len(ids):,} single additions over HTTP ({clients} clients) into {n:,} codes: "
+          f"{wall:.1f} s ({result['per_s']}/s); all in the reopened index: {present}",
+          file=sys.stderr)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--stream-n", type=int, default=10_000_000)
+    parser.add_argument("--stream", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "archive.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("AHCL_PROGRESS", "0")
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']} ({cpu['cores']} cores), flags {cpu['flags']}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench_archive_", dir=os.environ.get("TMPDIR")) as tmp:
+        root = Path(tmp)
+        os.environ["AHCL_CACHE"] = str(root / "cache")
+        run = train_tiny_run(root)
+        adds = single_additions(run, root, [args.small, args.large], args.repeats)
+        ratio = adds[str(args.large)]["p50_ms"] / adds[str(args.small)]["p50_ms"]
+        print(f"ratio of p50s, {args.large:,} / {args.small:,} items: {ratio:.2f}x "
+              "(target <= 1.5x, large p50 <= 100 ms)", file=sys.stderr)
+        searches = search_while_adding(run, root, args.large, args.repeats)
+        streamed = stream(run, root, args.stream_n, args.stream, args.clients) \
+            if args.stream else None
+    result = {"cpu": cpu, "encoder": "tiny_cnn, 64 bits (benchmarks/bench_serve.py's run)",
+              "single_addition": adds, "ratio_large_small_p50": round(ratio, 2),
+              "search_while_adding": searches, "stream": streamed,
+              "command": "python benchmarks/bench_archive.py " + " ".join(sys.argv[1:])}
+    atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

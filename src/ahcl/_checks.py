@@ -7,6 +7,7 @@ and hyper-parameter field goes through one of these before anything is written.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any, Iterable
@@ -16,6 +17,13 @@ from ahcl.errors import InvalidValueError
 #: The longest code ``n_bits`` may ask for (a code of 4096 bits is 512 bytes per item).
 MAX_BITS = 4096
 MAX_SEED = 2**63 - 1
+#: The widest MLP layer ``hidden`` may ask for (from 1280 MobileNetV2 features: 84 MB of
+#: float32 weights), so a typo is one line instead of an allocation of terabytes.
+MAX_HIDDEN = 16384
+#: The largest real setting accepted: the network computes in float32 (at most 3.4e38), and
+#: torch's optimizers scale the lr by up to 1/(1 - 0.9) before converting it, failing with a
+#: traceback past that; no setting means anything near this size.
+MAX_REAL = 1e30
 
 
 def _range_words(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
@@ -44,13 +52,17 @@ def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = Non
 
 def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None,
                 lo_open: bool = False, hi_open: bool = False) -> None:
-    """A finite real number (ints accepted, bools not) in the given range."""
+    """A finite real number (ints accepted, bools not; at most :data:`MAX_REAL` in size) in the
+    given range."""
     rng = _range_words(lo, hi, lo_open, hi_open)
     words = "a finite number" + (f" {rng}" if rng else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
             not math.isfinite(float(value)):
         raise InvalidValueError(name, value, words)
     v = float(value)
+    if abs(v) > MAX_REAL:
+        raise InvalidValueError(name, value, f"{words}, at most {MAX_REAL:.3g} in size (the "
+                                             "network computes in float32)")
     if lo is not None and (v < lo or (lo_open and v == lo)):
         raise InvalidValueError(name, value, words)
     if hi is not None and (v > hi or (hi_open and v == hi)):
@@ -80,3 +92,16 @@ def check_n_bits(n_bits: Any) -> None:
 
 def check_seed(value: Any) -> None:
     check_int("seed", value, 0, MAX_SEED)
+
+
+def check_hidden(value: Any) -> None:
+    """The width of an MLP layer: 0 (none) to :data:`MAX_HIDDEN`."""
+    check_int("hidden", value, 0, MAX_HIDDEN)
+
+
+def store_floats(params: Any) -> None:
+    """Store every ``float`` field of a checked params dataclass as a float: an integer such as
+    2**64 is a valid weight, but numpy and torch refuse it as a C integer (with a traceback)."""
+    for f in dataclasses.fields(params):
+        if f.type in ("float", float):
+            setattr(params, f.name, float(getattr(params, f.name)))

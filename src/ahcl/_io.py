@@ -20,8 +20,12 @@ _TORCH_WRITE_FAILED = ("file write failed", "failed writing file")
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *,
+                 sync_folder: bool = True) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
+
+    ``sync_folder=False`` leaves the folder's fsync (which makes the rename durable) to the
+    caller, who may write several files and call :func:`fsync_folder` once.
 
     On an exception the temporary file is removed and ``path`` is left untouched. A full disk
     (``ENOSPC``/``EDQUOT``, or torch.save's "file write failed") becomes one
@@ -45,7 +49,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         if _disk_full(exc):
             raise disk_full_error(path) from None
         raise
-    _fsync_dir(path.parent)
+    if sync_folder:
+        _fsync_dir(path.parent)
+
+
+def fsync_folder(directory: str | os.PathLike) -> None:
+    """Make the renames done in ``directory`` durable (best effort where folders cannot be
+    opened)."""
+    _fsync_dir(Path(directory))
 
 
 def disk_full_error(path: str | os.PathLike,
@@ -82,9 +93,10 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_write(path, "wb") as f:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync_folder: bool = True
+                       ) -> None:
+    """Write ``data`` to ``path`` atomically (``sync_folder``: as in :func:`atomic_write`)."""
+    with atomic_write(path, "wb", sync_folder=sync_folder) as f:
         f.write(data)
 
 

@@ -103,7 +103,8 @@ class TrainConfig:
         check_float("query_fraction", self.query_fraction, lo=0, hi=1, hi_open=True)
         for name in ("pretrained", "strict", "compile"):
             check_bool(name, getattr(self, name))
-        for name in ("data", "dataset", "split", "feature_cache", "device", "precision"):
+        for name in ("data", "dataset", "split", "feature_cache", "device", "precision",
+                     "backbone"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 value = os.fspath(value)
@@ -179,6 +180,8 @@ def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None)
     base = base or TrainConfig()
     run = {k: v for k, v in dataclasses.asdict(base).items() if k != "params"}
     run.update({k: v for k, v in values.items() if k in _RUN_KEYS})
+    if not isinstance(run["method"], str):
+        raise InvalidValueError("method", run["method"], "a string")
     cls = params_class(run["method"])
     params = dataclasses.asdict(base.params) if type(base.params) is cls else {}
     param_keys = {f.name for f in dataclasses.fields(cls)}
@@ -211,7 +214,7 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         raise AhclError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(values, dict):
         raise AhclError(f"config file {path} must hold a mapping of key: value")
-    return values
+    return _text_only(values, f"config file {path}")
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -219,8 +222,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise AhclError(f"--set takes key=value, got {item!r}")
+        if not sep or not all(part.isidentifier() for part in key.strip().split(".")):
+            raise AhclError(f"--set takes key=value with a config key name, got {item!r}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
@@ -229,8 +232,27 @@ def parse_set(items: list[str]) -> dict[str, Any]:
                             f"({reason})", name=key.strip(), value=raw) from None
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-4 as a string; people mean the number
-        out[key.strip()] = value
+        out[key.strip()] = _text_only(value, f"--set {key.strip()}")
     return out
+
+
+def _text_only(value: Any, where: str) -> Any:
+    """``value``, refused when a string in it cannot be written as UTF-8: YAML reads the escape
+    ``"\\ud800"`` as a lone surrogate, which no path, name or message can hold."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _text_only(k, where)
+            _text_only(v, where)
+    elif isinstance(value, list):
+        for v in value:
+            _text_only(v, where)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AhclError(f"{where}: the value holds a lone surrogate (an escape such as "
+                            "\\ud800), which is not text: write the character itself") from None
+    return value
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

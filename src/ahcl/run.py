@@ -20,6 +20,7 @@ complete run)::
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,14 +32,14 @@ from ahcl._io import atomic_write, atomic_write_json, atomic_write_text, file_di
 from ahcl._version import __version__
 from ahcl.config import RUNTIME_KEYS
 from ahcl.data.folder import read_image_folder
-from ahcl.data.splits import Split, save_split
+from ahcl.data.splits import Split, load_split, save_split
 from ahcl.device import CPU, Placement
 from ahcl.device import placement as device_placement
 from ahcl.encoder import Encoder
 from ahcl.errors import RunError
 from ahcl._progress import progress_bar
 from ahcl.data.alter import altered_copies, near_duplicate_rows
-from ahcl.data.scenes import scene_tiles
+from ahcl.data.scenes import SceneCatalog, Tile, place_tile, scene_catalog, scene_tiles
 from ahcl.eval.metrics import RetrievalReport, evaluate
 from ahcl.eval.near_duplicates import (NearDuplicateReport, near_duplicate_ranks,
                                        near_duplicate_report)
@@ -202,14 +203,7 @@ class Run:
             RunError: the run has no queries, or the folder has classes the run does not know.
         """
         if folder is None:
-            split = _read_json(self.path / "split.json")
-            rel = [split["paths"][i] for i in split["query"]]
-            if not rel:
-                raise RunError(f"{self.path} has no held-out queries (trained with "
-                               "query_fraction 0): pass --queries DIR")
-            index = {name: i for i, name in enumerate(self.classes)}
-            labels = np.array([index[p.split("/")[0]] for p in rel], dtype=np.int64)
-            return [str(self.data_root / p) for p in rel], labels
+            return self._held_out_queries()
         qf = read_image_folder(folder, min_classes=1)  # queries of one class are a valid set
         unknown = sorted(set(qf.classes) - set(self.classes))
         if unknown:
@@ -217,6 +211,24 @@ class Run:
                            f"(the run knows {', '.join(self.classes)})")
         mapping = np.array([self.classes.index(c) for c in qf.classes], dtype=np.int64)
         return [str(p) for p in qf.absolute_paths], mapping[qf.labels]
+
+    def _held_out_queries(self) -> tuple[list[str], np.ndarray]:
+        """The queries ``split.json`` holds out, checked (indices in range, known classes)."""
+        where = self.path / "split.json"
+        split = load_split(where)  # DatasetError: indices out of range, malformed
+        paths = _read_mapping(where).get("paths")
+        index = {name: i for i, name in enumerate(self.classes)}
+        if not isinstance(paths, list) or len(paths) != split.n_items or not all(
+                isinstance(p, str) and p.split("/")[0] in index for p in paths):
+            raise RunError(f"{where}: its image paths do not match the run's {split.n_items} "
+                           f"items of classes {', '.join(self.classes)}: the run is damaged",
+                           path=where)
+        rel = [paths[i] for i in split.query]
+        if not rel:
+            raise RunError(f"{self.path} has no held-out queries (trained with "
+                           "query_fraction 0): pass --queries DIR")
+        labels = np.array([index[p.split("/")[0]] for p in rel], dtype=np.int64)
+        return [str(self.data_root / p) for p in rel], labels
 
     def evaluate(self, folder: str | Path | None = None,
                  topk: Sequence[int] = (10, 100, 1000)) -> RetrievalReport:
@@ -278,6 +290,37 @@ class Run:
         out = np.concatenate(codes) if codes else np.zeros((0, self.n_bits // 8), np.uint8)
         return out, metas, counts
 
+    def search_place(self, index: HammingIndex | None = None, *,
+                     scene: str | Path | None = None, window: Sequence[int] | None = None,
+                     lonlat: Sequence[float] | None = None, bands: Sequence[int] | None = None,
+                     k: int = 10) -> tuple[Tile, list[Hit]]:
+        """Search by a place instead of an image: a pixel ``window`` ``[col_off, row_off, width,
+        height]`` of ``scene``, or the tile around ``lonlat`` = (lon, lat) in EPSG:4326 — in
+        ``scene``, or without it in whichever of the scenes of ``index``'s items contains the
+        point (:func:`ahcl.data.scenes.place_tile`; the tile is as large as the index's).
+
+        Args:
+            index: the index to search (its items give the tile size and the scenes); None:
+                this run's own database.
+            bands: the 1-based bands read as RGB (those the index was built with).
+            k: hits wanted.
+
+        Returns:
+            The query :class:`~ahcl.data.scenes.Tile` (image and meta: ``scene``, ``window``,
+            ``crs``, ``geometry``) and its hits, ranked as by :meth:`search`.
+
+        Raises:
+            PlaceError, SceneError: see :func:`~ahcl.data.scenes.place_tile`.
+        """
+        tile = place_tile(index_scenes(index), scene=scene, window=window, lonlat=lonlat,
+                          bands=bands)
+        codes = self.encode_images([tile.image])
+        if index is None:
+            return tile, self.search_codes(codes, k)[0]
+        # k is clamped to the index's size: the answer is the same and nothing is sized by k.
+        return tile, search_results(index, codes, min(k, max(len(index), 1)),
+                                    classes=self.classes)[0]
+
     def search_codes(self, query_codes: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Rank the database for packed query codes (see :meth:`search`)."""
         if self._index is None:
@@ -287,6 +330,14 @@ class Run:
                             meta=[{"path": p} for p in self.db_paths])
         return search_results(self._index, query_codes, min(k, len(self.db_labels)),
                               classes=self.classes)
+
+
+def index_scenes(index: HammingIndex | None) -> SceneCatalog:
+    """The scenes of an index's items, its tile size (:func:`ahcl.data.scenes.scene_catalog`);
+    empty for None or an index without tiles of scenes."""
+    if index is None or len(index) == 0:
+        return SceneCatalog()
+    return scene_catalog(index.meta_of(np.sort(np.asarray(index.ids))))
 
 
 def load_run(path: str | Path, *, device: str | Any = "auto", precision: str = "auto",
@@ -443,10 +494,23 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_run(out: Path, config: dict[str, Any], split: Split, paths: Sequence[str]) -> None:
-    """Create the run folder with its resolved config and split (the first files written)."""
+    """Create the run folder with its resolved config and split (the first files written).
+
+    When these fail (a full disk), the folders this call made are removed again, so the
+    failure leaves nothing that would block a plain rerun.
+    """
+    made = out
+    while not made.parent.exists():
+        made = made.parent
+    made = None if out.exists() else made
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", config)
-    save_split(split, out / "split.json", paths=paths)
+    try:
+        atomic_write_json(out / "config.json", config)
+        save_split(split, out / "split.json", paths=paths)
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:

@@ -93,8 +93,9 @@ def encode_files_sharded(run: Run, paths: Sequence[str], shard_dir: str | os.Pat
     salt = json.dumps({"run": str(Path(run.path).resolve()),
                        "db_codes_sha256": run.info.get("db_codes_sha256"),
                        "format": SHARD_FORMAT})
+    # Made by the first part written (atomic_write makes the folders), so a list that fails
+    # before any part is encoded (an unreadable image) leaves no empty folders behind.
     folder = Path(shard_dir) / list_hash(paths, salt)
-    folder.mkdir(parents=True, exist_ok=True)
     bounds = [(s, min(s + part_size, len(paths))) for s in range(0, len(paths), part_size)]
     mine = [b for i, b in enumerate(bounds) if i % dist.world_size() == dist.rank()]
     contents = {b: _content(paths[b[0]:b[1]]) for b in mine}

@@ -5,33 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from ahcl.cli import main
 from ahcl.index import HammingIndex
 
 rasterio = pytest.importorskip("rasterio")
-from affine import Affine  # noqa: E402
 from pyproj import Transformer  # noqa: E402
 
-UTM = "EPSG:32633"
+from tests._geotiff import UTM, write_mosaic  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def scene(synthetic_scenes: Path, tmp_path_factory) -> tuple[Path, list[Path]]:
     """A 3 × 2 mosaic of 32-px synthetic chips, 10 m pixels, in UTM zone 33N."""
     chips = sorted(synthetic_scenes.rglob("*.png"))[::12][:6]
-    grid = np.zeros((64, 96, 3), dtype=np.uint8)
-    for k, chip in enumerate(chips):
-        r, c = divmod(k, 3)
-        grid[32 * r:32 * r + 32, 32 * c:32 * c + 32] = np.asarray(Image.open(chip).convert("RGB"))
-    path = tmp_path_factory.mktemp("scene") / "mosaic.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=96, height=64, count=3, dtype="uint8",
-                       crs=UTM, transform=Affine(10.0, 0, 400000.0, 0, -10.0, 5500000.0)) as dst:
-        dst.write(grid.transpose(2, 0, 1))
-    return path, chips
+    return write_mosaic(chips, tmp_path_factory.mktemp("scene") / "mosaic.tif"), chips
 
 
 def test_build_from_scenes_and_search_with_geojson(tiny_run, scene, tmp_path, capsys):

@@ -1,13 +1,48 @@
-"""A uvicorn server in a background thread, for tests and benchmarks that need real HTTP."""
+"""Real HTTP for tests and benchmarks: a uvicorn server in a background thread, or ``ahcl serve``
+as a process of its own."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
 
+import httpx2 as httpx
 import uvicorn
 from fastapi import FastAPI
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_process(*args: str) -> subprocess.Popen:
+    """``python -m ahcl serve ARGS`` (stderr piped, for the reason it may exit)."""
+    return subprocess.Popen([sys.executable, "-m", "ahcl", "serve", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "AHCL_PROGRESS": "0"})
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``GET url/api/health`` answers 200; fails with the server's stderr if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not come up")
 
 
 class ServerThread:

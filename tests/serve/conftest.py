@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 
 from ahcl.cli import main
+from tests.misuse.snapshot import snapshot as disk_snapshot
 
 CLASSES = "water,forest,farmland,residential,roads,parking"
 TOKEN = "s3cret-token"
@@ -50,11 +50,9 @@ def noise_png(seed: int, size: int = 40) -> bytes:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` by relative path (to prove nothing changed); the
-    writers' empty lock files (``*.index.lock``, ahcl.index.lock) hold no data and are left out."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*"))
-            if p.is_file() and not (p.name.endswith(".index.lock") and p.stat().st_size == 0)}
+    """The files under ``folder`` by relative path and sha256 (:mod:`tests.misuse.snapshot`
+    without its folder entries: a failed upload may leave the empty archive.images/ it made)."""
+    return {k: v for k, v in disk_snapshot(folder).items() if not k.endswith("/")}
 
 
 def reference_hits(query: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int,

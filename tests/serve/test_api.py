@@ -314,3 +314,55 @@ def test_cli_usage_errors(tiny_run_dir: Path, tmp_path: Path,
     assert main(["serve", str(tiny_run_dir), "--allow-writes", "--host", "0.0.0.0"]) == 1
     assert "loopback" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "nothing")]) == 1
+
+
+def test_concurrent_encodes_share_one_forward_pass(api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests that arrive while a forward pass runs are encoded together in the next one, and
+    each caller gets the codes of its own images."""
+    import threading
+    import time
+
+    _, archive = api
+    passes: list[int] = []
+    started = threading.Event()
+
+    def fake_encode(images):
+        passes.append(len(images))
+        started.set()
+        if len(passes) == 1:
+            time.sleep(0.3)  # the first pass is slow: the others queue meanwhile
+        return np.array([[im.getpixel((0, 0))[0]] * 8 for im in images], dtype=np.uint8)
+
+    monkeypatch.setattr(archive.run, "encode_images", fake_encode)
+    images = [Image.new("RGB", (4, 4), (v, 0, 0)) for v in range(7)]
+    got: dict[int, np.ndarray] = {}
+
+    def call(i: int, ims) -> None:
+        got[i] = archive.encode(ims)
+
+    first = threading.Thread(target=call, args=(0, images[:1]))
+    first.start()
+    started.wait(5)
+    others = [threading.Thread(target=call, args=(i, images[i:i + 1] if i < 5 else images[5:]))
+              for i in range(1, 6)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(10)
+    assert passes == [1, 6]  # five callers (one with two images) in one second pass
+    for i in range(5):
+        assert got[i].tolist() == [[i] * 8]
+    assert got[5].tolist() == [[5] * 8, [6] * 8]
+
+
+def test_a_request_has_a_pixel_budget(run_dir: Path) -> None:
+    """The images of one addition may hold 4 x max_pixels together, checked from their headers
+    before any is decoded (#16 item 5); under it they are added."""
+    client, archive = make_client(run_dir, max_pixels=2000)  # 40 x 40 = 1600 each
+    before = snapshot(run_dir)
+    files = [("image", (f"{i}.png", noise_png(100 + i))) for i in range(6)]  # 9600 > 8000
+    r = client.post("/api/items", headers=AUTH, files=files)
+    assert r.status_code == 400 and "per request" in r.json()["detail"]
+    assert "\n" not in r.json()["detail"] and snapshot(run_dir) == before
+    r = client.post("/api/items", headers=AUTH, files=files[:4])
+    assert r.status_code == 201 and len(r.json()["items"]) == 4

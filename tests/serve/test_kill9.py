@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,43 +15,22 @@ import pytest
 
 from ahcl.cli import main
 from ahcl.index import HammingIndex
+from tests.serve._server import free_port, serve_process, wait_healthy
 from tests.serve.conftest import noise_png
 
 TOKEN = "t0ken"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(index: Path, run: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ahcl", "serve", str(index), "--run", str(run),
-                             "--port", str(port), "--allow-writes", "--token", TOKEN],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "AHCL_PROGRESS": "0"})
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not come up")
+    return serve_process(str(index), "--run", str(run), "--port", str(port), "--allow-writes",
+                         "--token", TOKEN)
 
 
 def test_kill9_during_additions_loses_no_acknowledged_item(tiny_run, tmp_path):
     index = tmp_path / "a.index"
     assert main(["index", "build", str(tiny_run), "--out", str(index)]) == 0
     n0 = len(HammingIndex.load(index))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _serve(index, tiny_run, port)
     acked: list[int] = []
@@ -74,7 +51,7 @@ def test_kill9_during_additions_loses_no_acknowledged_item(tiny_run, tmp_path):
                     acked.extend(it["id"] for it in r.json()["items"])
 
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         worker = threading.Thread(target=stream)
         worker.start()
         deadline = time.monotonic() + 60
@@ -94,11 +71,11 @@ def test_kill9_during_additions_loses_no_acknowledged_item(tiny_run, tmp_path):
     extra = ids - set(acked) - set(range(n0))
     assert len(extra) <= 1  # at most the one in flight, and then whole (it verified)
     # A restarted server opens the file and hands out a fresh id.
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _serve(index, tiny_run, port)
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         r = httpx.post(f"{url}/api/items", files={"image": ("x.png", noise_png(999))},
                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert r.status_code == 201

@@ -1,4 +1,5 @@
-"""Misuse: each answered with the status a user would expect, and nothing changed on disk."""
+"""Misuse that needs the app itself (ASGI-level body streaming, a token server, decoding
+internals); the misuse table over real HTTP is tests/misuse/test_service.py."""
 
 from __future__ import annotations
 
@@ -27,17 +28,6 @@ def guarded(run_dir: Path):
     assert not (run_dir / "archive.index").exists()
 
 
-def bomb_png(side: int) -> bytes:
-    """A small file that decodes to ``side`` x ``side`` pixels (1-bit, compresses to KBs)."""
-    return png_bytes(Image.new("1", (side, side)))
-
-
-def jpeg_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.open(io.BytesIO(noise_png(5, size=64))).convert("RGB").save(buf, "JPEG")
-    return buf.getvalue()
-
-
 def asgi_post(app, path: str, headers: list[tuple[bytes, bytes]], receive) -> list[dict]:
     """Call the app directly as ASGI (so the test controls how the body arrives)."""
     sent: list[dict] = []
@@ -51,14 +41,6 @@ def asgi_post(app, path: str, headers: list[tuple[bytes, bytes]], receive) -> li
              "headers": headers}
     asyncio.run(app(scope, receive, send))
     return sent
-
-
-@pytest.mark.parametrize("path", ["/api/search", "/api/items"])
-def test_50mb_upload_is_413(guarded, path: str) -> None:
-    client, _, _ = guarded
-    big = b"\xff" * (50 * 2**20)
-    r = client.post(path, headers=AUTH, files={"image": ("big.jpg", big, "image/jpeg")})
-    assert r.status_code == 413
 
 
 def test_body_limit_streams_and_stops_early(guarded) -> None:
@@ -98,85 +80,11 @@ def test_declared_length_refused_before_reading(guarded) -> None:
     assert sent[0]["status"] == 413 and not pulled
 
 
-@pytest.mark.parametrize("path", ["/api/search", "/api/items"])
-@pytest.mark.parametrize("data, status", [
-    (b"this is a text file, not an image\n" * 20, 415),
-    (b"", 415),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, 415),  # a PNG signature and nothing readable
-])
-def test_non_image_is_415(guarded, path: str, data: bytes, status: int) -> None:
-    client, _, _ = guarded
-    r = client.post(path, headers=AUTH, files={"image": ("notes.jpg", data, "image/jpeg")})
-    assert r.status_code == status, r.text
-
-
-@pytest.mark.parametrize("side", [7000, 20000])  # over our 40 Mpx cap; over Pillow's bomb limit
-@pytest.mark.parametrize("path", ["/api/search", "/api/items"])
-def test_decompression_bomb_is_400(guarded, side: int, path: str) -> None:
-    client, _, _ = guarded
-    data = bomb_png(side)
-    assert len(data) < 2**20
-    r = client.post(path, headers=AUTH, files={"image": ("bomb.png", data, "image/png")})
-    assert r.status_code == 400 and "pixels" in r.json()["detail"]
-
-
-@pytest.mark.parametrize("path", ["/api/search", "/api/items"])
-def test_truncated_jpeg_is_400(guarded, path: str) -> None:
-    client, _, _ = guarded
-    data = jpeg_bytes()
-    r = client.post(path, headers=AUTH,
-                    files={"image": ("cut.jpg", data[:len(data) // 2], "image/jpeg")})
-    assert r.status_code == 400 and "truncated" in r.json()["detail"]
-
-
-@pytest.mark.parametrize("raw", [
-    "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..%252F..%252Fetc%252Fpasswd",
-    "%2E%2E", "1%2F..%2F2", "..%5C..%5Cwindows", "3%00", "0x10", "1e3", "%20", "99999999999999999999",
-    "-1", "..",
-])
-@pytest.mark.parametrize("suffix", ["", "/image"])
-def test_path_traversal_in_ids_is_404(guarded, raw: str, suffix: str) -> None:
-    client, _, _ = guarded
-    url = f"/api/items/{raw}{suffix}"
-    assert client.get(url).status_code == 404, url
-    if not suffix:
-        assert client.delete(url, headers=AUTH).status_code in (404, 405), url
-
-
-def test_traversal_strings_in_search_are_rejected(guarded) -> None:
-    client, _, _ = guarded
-    assert client.post("/api/search", json={"id": "../../etc/passwd"}).status_code == 422
-
-
 def test_writes_without_the_token_are_401(guarded) -> None:
     client, _, _ = guarded
     assert client.post("/api/items", files={"image": ("a.png", noise_png(1))}).status_code == 401
     assert client.delete("/api/items/1").status_code == 401
     assert client.delete("/api/items/1", headers={"Authorization": "Basic abc"}).status_code == 401
-
-
-@pytest.mark.parametrize("body", [b"{", b"{\"id\": 1,}", b"[1, 2]", b"null", b"\xff\xfe"])
-def test_malformed_json_is_422(guarded, body: bytes) -> None:
-    client, _, _ = guarded
-    r = client.post("/api/search", content=body, headers={"Content-Type": "application/json"})
-    assert r.status_code == 422
-
-
-def test_non_utf8_json_is_422(guarded) -> None:
-    client, _, _ = guarded
-    r = client.post("/api/search", content=b"\xff{", headers={"Content-Type": "application/json"})
-    assert r.status_code == 422
-
-
-@pytest.mark.parametrize("path", ["/api/search", "/api/items"])
-def test_too_many_form_parts_are_400(guarded, path: str) -> None:
-    client, _, _ = guarded
-    img = noise_png(1, size=8)
-    files = [("image", (f"{i}.png", img)) for i in range(65)]
-    assert client.post(path, headers=AUTH, files=files).status_code == 400
-    fields = {f"f{i}": "1" for i in range(17)}
-    r = client.post(path, headers=AUTH, data=fields, files={"image": ("a.png", img)})
-    assert r.status_code == 400
 
 
 @pytest.fixture()
@@ -185,21 +93,6 @@ def open_loopback(run_dir: Path):
     app = create_app(Archive.open(run_dir), ServeSettings(allow_writes=True))
     before = snapshot(run_dir)
     yield TestClient(app, base_url="http://127.0.0.1:8000"), run_dir, before
-
-
-@pytest.mark.parametrize("method, path, headers, files", [
-    ("post", "/api/items", {"Origin": "http://evil.example"}, True),
-    ("post", "/api/items", {"Sec-Fetch-Site": "cross-site"}, True),
-    ("delete", "/api/items/5", {"Host": "evil.example:8000"}, False),
-    ("delete", "/api/items/5", {"Origin": "null"}, False),
-    ("post", "/api/items", {"Host": "attacker.test"}, True),
-])
-def test_other_sites_cannot_write(open_loopback, method, path, headers, files) -> None:
-    client, run_dir, before = open_loopback
-    kwargs = {"files": {"image": ("a.png", noise_png(1), "image/png")}} if files else {}
-    r = getattr(client, method)(path, headers=headers, **kwargs)
-    assert r.status_code == 403, r.text
-    assert snapshot(run_dir) == before
 
 
 def test_same_origin_page_still_writes(open_loopback) -> None:
@@ -214,19 +107,6 @@ def test_token_writes_still_refuse_other_origins(guarded) -> None:
     client, _, _ = guarded
     r = client.delete("/api/items/5", headers={**AUTH, "Origin": "http://evil.example"})
     assert r.status_code == 403
-
-
-@pytest.mark.parametrize("body", [{"id": True}, {"id": 1.0}, {"id": 1, "k": 1.7},
-                                  {"id": "1"}])
-def test_search_ids_and_k_are_strict_integers(guarded, body) -> None:
-    client, _, _ = guarded
-    assert client.post("/api/search", json=body).status_code == 422
-
-
-def test_unknown_id_detail_has_no_stray_quote(guarded) -> None:
-    client, _, _ = guarded
-    r = client.get("/api/items/1e3")
-    assert r.status_code == 404 and r.json()["detail"] == "no archive item has id 1e3"
 
 
 def test_huge_uploads_are_kept_small_and_decoded_two_at_a_time(monkeypatch) -> None:

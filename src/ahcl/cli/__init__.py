@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AhclError as exc:
         if args.verbose:
             raise
-        print(f"ahcl: error: {exc}", file=sys.stderr)
+        print(f"ahcl: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ahcl: interrupted", file=sys.stderr)
@@ -73,5 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose or exc.errno not in _USER_OS_ERRORS:
             raise
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"ahcl: error: {exc.strerror}{where}", file=sys.stderr)
+        print(f"ahcl: error: {_one_line(f'{exc.strerror}{where}')}", file=sys.stderr)
         return 1
+
+
+def _one_line(message: str) -> str:
+    """The error as the one line it is promised to be: line breaks in a name the user gave (a
+    path may hold them) shown as ``\\n``."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")

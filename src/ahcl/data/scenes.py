@@ -29,6 +29,11 @@ Rules:
   CRS or transform (GCP-only files included) is accepted with a warning: ``crs`` and
   ``geometry`` are None, only pixel windows are known.
 
+* **Query by place**: :func:`place_tile` reads the query tile of a place, a pixel window of a
+  scene (:func:`read_window`) or the tile around a lon/lat point (:func:`lonlat_window`: the
+  window centred on the point, shifted inside the scene near its edges), the tile size and the
+  scenes searched for the point being those of an index's items (:class:`SceneCatalog`).
+
 Every bad input raises :class:`SceneError` with one line naming the file, before any tile is
 produced: missing file, not a GeoTIFF, corrupt or truncated file (checked from the TIFF block
 table when the scene is opened), scene smaller than one tile, bands out of range, a CRS that
@@ -41,8 +46,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -65,6 +71,43 @@ class SceneError(AhclError):
 
     Fields: ``path`` (the scene).
     """
+
+
+class WindowOutsideError(SceneError, ValueError):
+    """A pixel window that does not lie inside its scene.
+
+    Fields: ``path`` (the scene), ``window`` ``[col_off, row_off, width, height]``, ``size``
+    ``(width, height)`` of the scene in pixels.
+    """
+
+    def __init__(self, path: str, window: list[int], size: tuple[int, int]) -> None:
+        super().__init__(f"window {window} is not inside scene {path} ({size[0]} × {size[1]} "
+                         "pixels)", path=path, window=window, size=size)
+
+
+class PointOutsideError(SceneError, ValueError):
+    """A lon/lat point that no scene (of those searched) contains.
+
+    Fields: ``lon``, ``lat``, ``paths`` (the scenes searched), ``unreadable`` (those of them that
+    could not be opened, each with its one-line reason), ``path`` (the scene when only one was
+    searched, else None).
+    """
+
+    def __init__(self, lon: float, lat: float, paths: Sequence[str],
+                 unreadable: Sequence[tuple[str, str]] = ()) -> None:
+        paths, unreadable = list(paths), list(unreadable)
+        where = f"scene {paths[0]}" if len(paths) == 1 else \
+            f"every scene searched ({len(paths)})"
+        also = f"; {len(unreadable)} could not be read, e.g. {unreadable[0][1]}" \
+            if unreadable else ""
+        super().__init__(f"point lon={lon}, lat={lat} is outside {where}{also}",
+                         path=paths[0] if len(paths) == 1 else None, paths=paths,
+                         unreadable=unreadable, lon=lon, lat=lat)
+
+
+class PlaceError(AhclError, ValueError):
+    """A query by place that cannot be answered as asked (window and lon/lat together, neither,
+    a window without its scene, an index without tiles of scenes). The message names no file."""
 
 
 @dataclass(frozen=True)
@@ -212,9 +255,34 @@ class _Scene:
             raise InvalidValueError("window", window,
                                     "[col_off, row_off, width, height] in pixels") from None
         if w <= 0 or h <= 0 or c0 < 0 or r0 < 0 or c0 + w > self.width or r0 + h > self.height:
-            raise SceneError(f"window {[c0, r0, w, h]} is not inside scene {self.name} "
-                             f"({self.width} × {self.height} pixels)", path=self.name)
+            raise WindowOutsideError(self.name, [c0, r0, w, h], (self.width, self.height))
         return c0, r0, w, h
+
+    def pixel_of(self, lon: float, lat: float) -> tuple[float, float] | None:
+        """The (col, row) pixel position of a lon/lat point; None when outside the scene (or
+        not mappable into its CRS)."""
+        assert self.geo is not None
+        x, y = self.geo.from_lonlat.transform(float(lon), float(lat))
+        col, row = _apply(~self.geo.affine, x, y)
+        # A point the CRS cannot take comes back inf or nan: both compare False here.
+        return (col, row) if 0 <= col < self.width and 0 <= row < self.height else None
+
+    def tile(self, window: PixelWindow, min_valid: float = 0.0) -> Tile | None:
+        """``window`` read and converted to RGB by the module's rules; None when its valid
+        fraction is below ``min_valid``."""
+        array, valid = self.read(window)
+        fraction = 1.0 if valid is None else float(valid.mean())
+        if fraction < min_valid:
+            return None
+        if valid is not None and not valid.all():
+            if array.dtype == np.uint8:
+                array = np.where(valid[:, :, None], array, 0).astype(np.uint8)
+            else:
+                array = np.where(valid[:, :, None], array.astype(np.float64), np.nan)
+        rgb = to_rgb_array(array, None, f"{self.name} window {list(window)}")
+        geometry = self.geo.ring(window, self.name) if self.geo else None
+        return Tile(Image.fromarray(rgb, "RGB"), self.name, window,
+                    self.geo.crs if self.geo else None, geometry, fraction)
 
     def read(self, window: PixelWindow) -> tuple[np.ndarray, np.ndarray | None]:
         """The chosen bands of ``window`` as ``(H, W, 3)`` and the valid mask (None: all)."""
@@ -281,20 +349,11 @@ class SceneTiles:
         try:
             scene.check_tile(self.tile)
             for window in self.positions:
-                array, valid = scene.read(window)
-                fraction = 1.0 if valid is None else float(valid.mean())
-                if fraction < self.min_valid:
+                tile = scene.tile(window, self.min_valid)
+                if tile is None:
                     self.nodata_skipped += 1
                     continue
-                if valid is not None and not valid.all():
-                    if array.dtype == np.uint8:
-                        array = np.where(valid[:, :, None], array, 0).astype(np.uint8)
-                    else:
-                        array = np.where(valid[:, :, None], array.astype(np.float64), np.nan)
-                rgb = to_rgb_array(array, None, f"{self.path} window {list(window)}")
-                geometry = scene.geo.ring(window, self.path) if scene.geo else None
-                yield Tile(Image.fromarray(rgb, "RGB"), self.path, window, self.crs, geometry,
-                           fraction)
+                yield tile
         finally:
             scene.close()
 
@@ -353,19 +412,149 @@ def lonlat_window(path: str | os.PathLike, lon: float, lat: float,
     """
     if not isinstance(tile, (int, np.integer)) or isinstance(tile, bool) or tile < 1:
         raise InvalidValueError("tile", tile, "a positive number of pixels")
+    _check_lonlat(lon, lat)
     scene = _open_georeferenced(path)
     try:
         scene.check_tile(tile)
-        x, y = scene.geo.from_lonlat.transform(float(lon), float(lat))
-        col, row = _apply(~scene.geo.affine, x, y)
-        if not (0 <= col < scene.width and 0 <= row < scene.height):
-            raise SceneError(f"point lon={lon}, lat={lat} is outside scene {scene.name}",
-                             path=scene.name)
-        c0 = min(max(int(math.floor(col - tile / 2)), 0), scene.width - tile)
-        r0 = min(max(int(math.floor(row - tile / 2)), 0), scene.height - tile)
-        return c0, r0, int(tile), int(tile)
+        pixel = scene.pixel_of(lon, lat)
+        if pixel is None:
+            raise PointOutsideError(lon, lat, [scene.name])
+        return _centred(scene, pixel, int(tile))
     finally:
         scene.close()
+
+
+def read_window(path: str | os.PathLike, window: Sequence[int], *,
+                bands: Sequence[int] | None = None) -> Tile:
+    """One pixel ``window`` ``[col_off, row_off, width, height]`` of a scene as a :class:`Tile`
+    (RGB image and meta), read and converted exactly as :func:`scene_tiles` converts its tiles;
+    no nodata threshold (the fraction is in :attr:`Tile.valid`). A scene without
+    georeferencing is read too (``crs`` and ``geometry`` None).
+
+    Raises:
+        SceneError: the scene is unreadable or has no such bands.
+        WindowOutsideError: the window is not inside the scene.
+    """
+    scene = _Scene(path, bands, warn=False)
+    try:
+        tile = scene.tile(scene.check_window(window))
+        assert tile is not None  # min_valid 0 keeps every window
+        return tile
+    finally:
+        scene.close()
+
+
+def locate_lonlat(paths: Sequence[str | os.PathLike], lon: float, lat: float,
+                  tile: int = 256) -> tuple[str, PixelWindow]:
+    """The first scene of ``paths`` that contains the point (``lon``, ``lat``, EPSG:4326), and
+    the window of :func:`lonlat_window` in it.
+
+    Scenes without georeferencing are passed over; scenes that cannot be opened are passed over
+    too, and named in the error if no other scene contains the point.
+
+    Raises:
+        PointOutsideError: no scene contains the point.
+        SceneError: the scene that contains it is smaller than one tile.
+    """
+    _check_lonlat(lon, lat)
+    unreadable: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            scene = _Scene(path, bands=(1, 1, 1), warn=False)
+        except SceneError as exc:
+            unreadable.append((os.fspath(path), str(exc)))
+            continue
+        try:
+            pixel = scene.pixel_of(lon, lat) if scene.geo is not None else None
+            if pixel is not None:
+                scene.check_tile(tile)
+                return scene.name, _centred(scene, pixel, int(tile))
+        finally:
+            scene.close()
+    raise PointOutsideError(lon, lat, [os.fspath(p) for p in paths], unreadable)
+
+
+@dataclass(frozen=True)
+class SceneCatalog:
+    """The scenes an index's items were cut from (read from their meta).
+
+    Attributes:
+        scenes: every scene path the items name, in order of the first item (by id) of each.
+        georeferenced: those of them with footprints, same order.
+        tile: the side in pixels of the items' windows (the most common, the smaller on a
+            tie); None when no item has a square window.
+    """
+
+    scenes: tuple[str, ...] = ()
+    georeferenced: tuple[str, ...] = ()
+    tile: int | None = None
+
+
+def scene_catalog(metas: Iterable[dict[str, Any] | None]) -> SceneCatalog:
+    """The :class:`SceneCatalog` of items' meta (in id order; None: an item without meta)."""
+    scenes: dict[str, bool] = {}
+    sides: Counter[int] = Counter()
+    for meta in metas:
+        if not meta or not isinstance(meta.get("scene"), str):
+            continue
+        name, window = meta["scene"], meta.get("window")
+        scenes[name] = scenes.get(name, False) or bool(meta.get("geometry"))
+        if isinstance(window, list) and len(window) == 4 and window[2] == window[3]:
+            sides[int(window[2])] += 1
+    tile = min(sides, key=lambda side: (-sides[side], side)) if sides else None
+    return SceneCatalog(tuple(scenes), tuple(n for n, geo in scenes.items() if geo), tile)
+
+
+def place_tile(catalog: SceneCatalog, *, scene: str | os.PathLike | None = None,
+               window: Sequence[int] | None = None, lonlat: Sequence[float] | None = None,
+               bands: Sequence[int] | None = None) -> Tile:
+    """The query tile of a place: a ``window`` of ``scene``, or the tile of the catalog's size
+    around ``lonlat`` = (lon, lat) in ``scene`` — without ``scene``, in the first of the
+    catalog's georeferenced scenes that contains it (:func:`locate_lonlat`).
+
+    ``scene`` is read as given: whether a caller may name it (a server never lets a client name
+    a path the catalog does not hold) is the caller's rule.
+
+    Raises:
+        PlaceError: window and lonlat together or neither, a window without its scene, a lonlat
+            with a catalog that has no tiles (no georeferenced scenes, without ``scene``).
+        WindowOutsideError, PointOutsideError, SceneError: see :func:`read_window`,
+            :func:`locate_lonlat` and :func:`lonlat_window`.
+    """
+    if (window is None) == (lonlat is None):
+        raise PlaceError("a place is a window of a scene or a lon/lat point: give one of them"
+                         + (", not both" if window is not None else ""))
+    if window is not None:
+        if scene is None:
+            raise PlaceError("a window needs the scene it is a window of")
+        return read_window(scene, window, bands=bands)
+    lon, lat = lonlat  # type: ignore[misc]
+    if catalog.tile is None or (scene is None and not catalog.georeferenced):
+        raise PlaceError("the index has no georeferenced items (tiles of GeoTIFF scenes, from "
+                         "ahcl index build --scenes): a query by lon/lat needs them")
+    if scene is None:
+        scene, found = locate_lonlat(catalog.georeferenced, lon, lat, catalog.tile)
+    else:
+        found = lonlat_window(scene, lon, lat, catalog.tile)
+    return read_window(scene, found, bands=bands)
+
+
+def _check_lonlat(lon: float, lat: float) -> None:
+    for key, value, bound in (("lon", lon, 180.0), ("lat", lat, 90.0)):
+        try:
+            ok = math.isfinite(float(value)) and abs(float(value)) <= bound
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InvalidValueError(key, value, f"degrees in [-{bound:g}, {bound:g}] (EPSG:4326)")
+
+
+def _centred(scene: _Scene, pixel: tuple[float, float], tile: int) -> PixelWindow:
+    """The ``tile`` window centred on ``pixel``, shifted to lie inside the scene."""
+    col, row = pixel
+    c0 = min(max(int(math.floor(col - tile / 2)), 0), scene.width - tile)
+    r0 = min(max(int(math.floor(row - tile / 2)), 0), scene.height - tile)
+    return c0, r0, tile, tile
 
 
 def _open_georeferenced(path: str | os.PathLike) -> _Scene:

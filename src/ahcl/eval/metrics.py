@@ -185,9 +185,9 @@ def evaluate(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: np.nda
     ks = _check_ks(topk, "topk")
     cks = [k for k in (_check_ks(curve_ks, "curve_ks") if curve_ks is not None
                        else DEFAULT_CURVE_KS) if k <= n]
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise EvaluationError(f"radius must be an integer >= 0, got {radius!r}")
     radius = int(radius)
-    if radius < 0:
-        raise EvaluationError(f"radius must be >= 0, got {radius}")
 
     if chunk is None:
         chunk = max(1, _CHUNK_BYTES // (n if relevance.multi_hot else 8 * (n_bits + 40)))
@@ -257,6 +257,8 @@ def _packed(codes: np.ndarray, name: str) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.dtype == np.bool_:
         raise EvaluationError(f"{name}: bool codes are ambiguous; pass {_FORMS}")
+    if not (np.issubdtype(codes.dtype, np.integer) or np.issubdtype(codes.dtype, np.floating)):
+        raise EvaluationError(f"{name}: {codes.dtype} codes have no sign to read; pass {_FORMS}")
     if np.issubdtype(codes.dtype, np.integer) and codes.dtype != np.uint8 and codes.size \
             and not ((codes == 1) | (codes == -1)).all():  # one pass; unique() only to explain
         values = np.unique(codes)
@@ -274,10 +276,14 @@ def _packed(codes: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_ks(ks: Sequence[int], name: str) -> list[int]:
-    out = [int(k) for k in ks]
-    if any(k < 1 for k in out) or any(k != k_ for k, k_ in zip(out, ks)):
-        raise EvaluationError(f"{name} must be positive integers, got {list(ks)}")
-    return list(dict.fromkeys(out))
+    try:
+        ks = list(ks)
+    except TypeError:
+        raise EvaluationError(f"{name} must be a sequence of positive integers, got {ks!r}"
+                              ) from None
+    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise EvaluationError(f"{name} must be positive integers, got {ks}")
+    return list(dict.fromkeys(int(k) for k in ks))
 
 
 class _Relevance:
@@ -300,6 +306,13 @@ class _Relevance:
             if ql.shape[1] != dl.shape[1]:
                 raise EvaluationError(f"multi-hot labels have {ql.shape[1]} classes for queries "
                                       f"and {dl.shape[1]} for the database")
+            for labels in (ql, dl):  # anything else than 0/1 (NaN, 0.5, 2) is a guess
+                if labels.dtype != np.bool_ and not (
+                        (np.issubdtype(labels.dtype, np.integer)
+                         or np.issubdtype(labels.dtype, np.floating))
+                        and np.isin(labels, (0, 1)).all()):
+                    raise EvaluationError(f"multi-hot labels must be 0/1 (or bool) in every "
+                                          f"entry; got {labels.dtype} values outside 0/1")
             # float32 matmul counts shared labels exactly (K < 2**24) and uses BLAS.
             self.ql, self.dl = (ql != 0).astype(np.float32), (dl != 0).astype(np.float32).T
             return

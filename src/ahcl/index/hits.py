@@ -72,24 +72,55 @@ def hits_from_rows(ids: Any, distances: Any, labels: Any, metas: list[dict | Non
     return out
 
 
-def hits_feature_collection(results: list[list[Hit]], queries: list[str] | None = None
+def hits_feature_collection(results: list[list[Hit]], queries: list[str] | None = None,
+                            places: list[dict[str, Any] | None] | None = None
                             ) -> dict[str, Any]:
     """A GeoJSON FeatureCollection (RFC 7946) of search hits that carry a footprint
     (``meta["geometry"]``, as GeoTIFF tiles do): one Feature per hit with its query, rank, id,
-    distances and class; hits without a footprint are left out. QGIS opens it as it is."""
+    distances and class; hits without a footprint are left out. QGIS opens it as it is.
+
+    Args:
+        results: per query, its hits in rank order.
+        queries: per query, the name shown as property ``query`` (default its number).
+        places: per query, the meta (``scene``, ``window``, ``crs``, ``geometry``) of a query
+            by place, or None; a place with a footprint comes first of its query's features,
+            with property ``"role": "query"`` (hits have ``"role": "hit"``).
+    """
     features = []
     for q, hits in enumerate(results):
+        name = queries[q] if queries else q
+        place = places[q] if places else None
+        if place and place.get("geometry"):
+            features.append({"type": "Feature", "id": f"{q}-query",
+                             "geometry": place["geometry"],
+                             "properties": {"role": "query", "query": name,
+                                            **_place_properties(place)}})
         for rank, h in enumerate(hits, 1):
             geometry = h.meta.get("geometry")
             if not geometry:
                 continue
-            props: dict[str, Any] = {"query": queries[q] if queries else q, "rank": rank,
+            props: dict[str, Any] = {"role": "hit", "query": name, "rank": rank,
                                      "id": h.id, "distance": h.distance,
                                      "instance_distance": h.instance_distance,
-                                     "label": h.label, "class": h.class_name}
-            for key in ("scene", "window", "crs"):
-                if key in h.meta:
-                    props[key] = h.meta[key]
+                                     "label": h.label, "class": h.class_name,
+                                     **_place_properties(h.meta)}
             features.append({"type": "Feature", "id": f"{q}-{rank}", "geometry": geometry,
                              "properties": props})
     return {"type": "FeatureCollection", "features": features}
+
+
+def items_feature_collection(records: list[dict[str, Any]], metas: list[dict[str, Any] | None]
+                             ) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection of archive items: one Feature per item whose meta has a
+    footprint, Feature ``id`` the item's id, properties the item's ``record`` (``id``,
+    ``label``, ``class``, ...) and its ``scene``, ``window`` and ``crs``."""
+    features = [{"type": "Feature", "id": record["id"], "geometry": meta["geometry"],
+                 "properties": {**record, **_place_properties(meta)}}
+                for record, meta in zip(records, metas) if meta and meta.get("geometry")]
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _place_properties(meta: dict[str, Any]) -> dict[str, Any]:
+    """Where an item lies, as Feature properties: the ``scene`` (and ``scene_name``),
+    ``window`` and ``crs`` of its meta, those it has."""
+    return {key: meta[key] for key in ("scene", "scene_name", "window", "crs") if key in meta}

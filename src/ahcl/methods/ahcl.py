@@ -39,7 +39,8 @@ from ahcl._io import atomic_write
 from ahcl.device import Placement
 from ahcl.errors import AhclError, InvalidValueError
 from ahcl.index.packing import pack_codes, unpack_codes
-from ahcl._checks import check_choice, check_float, check_int, check_n_bits, check_seed
+from ahcl._checks import (check_choice, check_float, check_hidden, check_int, check_n_bits,
+                          check_seed, store_floats)
 from ahcl.methods.base import (DEFAULT_HIDDEN, FitInputs, HashingMethod, Inputs, MethodSpec,
                                TrainingDivergedError, lr_dropout_grid)
 from ahcl.methods.feeders import CPU, as_feeder, fork_rng
@@ -107,8 +108,9 @@ class AHCLParams:
         for name in ("outer_iters", "epochs", "batch_size", "code_sweeps"):
             check_int(name, getattr(self, name), 1)
         check_int("num_samples", self.num_samples, 1, optional=True)
-        check_int("hidden", self.hidden, 0)
+        check_hidden(self.hidden)
         check_seed(self.seed)
+        store_floats(self)
 
 
 @dataclass

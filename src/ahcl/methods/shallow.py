@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from ahcl._checks import check_float, check_int, check_n_bits, check_seed
+from ahcl._checks import check_float, check_int, check_n_bits, check_seed, store_floats
 from ahcl.errors import AhclError
 from ahcl.index.packing import pack_codes
 from ahcl.methods.base import FitInputs, HashingMethod, MethodSpec
@@ -47,6 +47,7 @@ class ShallowParams:
                 check_int(f.name, getattr(self, f.name), 0)
             elif f.type in ("float", float):
                 check_float(f.name, getattr(self, f.name), lo=0)
+        store_floats(self)
 
 
 class ShallowMethod(HashingMethod):

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ahcl._checks import check_choice, check_float, check_int, check_n_bits, check_seed
+from ahcl._checks import (check_choice, check_float, check_hidden, check_int, check_n_bits,
+                          check_seed, store_floats)
 from ahcl.index.packing import pack_codes
 from ahcl.methods.base import (DEFAULT_HIDDEN, FitInputs, HashingMethod, Inputs, MethodSpec,
                                TrainingDivergedError, lr_dropout_grid)
@@ -70,13 +71,14 @@ class DeepParams:
         check_int("batch_size", self.batch_size, 2)
         check_float("lr", self.lr, lo=0, lo_open=True)
         check_float("weight_decay", self.weight_decay, lo=0)
-        check_int("hidden", self.hidden, 0)
+        check_hidden(self.hidden)
         check_float("dropout", self.dropout, lo=0, hi=1, hi_open=True)
         check_seed(self.seed)
         # The subclasses' own weights: finite and >= 0.
         for f in dataclasses.fields(self):
             if f.name not in _SHARED and f.type in ("float", float):
                 check_float(f.name, getattr(self, f.name), lo=0)
+        store_floats(self)
 
 
 _SHARED = {f.name for f in dataclasses.fields(DeepParams)}

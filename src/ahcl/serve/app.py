@@ -63,6 +63,10 @@ async def _bad_upload(request: Request, exc: UploadError) -> JSONResponse:
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's answer without the "input" of each error: never echo a request body back.
+    # One line in "detail", as every other answer has; FastAPI's list under "errors", without
+    # the "input" of each error: never echo a request body back.
     errors = [{key: value for key, value in e.items() if key != "input"} for e in exc.errors()]
-    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', 'invalid')}"
+                       for e in errors)
+    return JSONResponse({"detail": " ".join(detail.split()) or "invalid request",
+                         "errors": jsonable_encoder(errors)}, status_code=422)

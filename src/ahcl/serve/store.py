@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from ahcl._io import atomic_write_bytes
+from ahcl._io import atomic_write_bytes, fsync_folder
 from ahcl.data.images import ImageReadError, load_rgb
 from ahcl.errors import AhclError, IndexFileError
 from ahcl.index import HammingIndex, Hit, search_results
@@ -41,6 +41,7 @@ from ahcl.index import wal
 from ahcl.index.lock import writing
 from ahcl.index.store import IndexStore
 from ahcl.run import Run, load_run
+from ahcl.serve.batching import Batcher
 from ahcl.serve.uploads import Upload
 
 #: Name of the index file written inside a run folder on the first change.
@@ -60,6 +61,15 @@ class UnknownItemError(AhclError, KeyError):
         # Text from a URL is shown as given (at most 40 characters), never quoted half-way.
         shown = item_id[:40] if isinstance(item_id, str) else str(item_id)  # np.int64 too
         super().__init__(message or f"no archive item has id {shown}", item_id=item_id)
+
+
+#: Most images one batched forward pass takes (:meth:`Archive.encode`), and one group commit.
+ENCODE_BATCH = 64
+COMMIT_BATCH = 256
+
+
+def _split(rows: np.ndarray, counts: list[int]) -> list[np.ndarray]:
+    return np.split(rows, np.cumsum(counts)[:-1]) if counts else []
 
 
 class Archive:
@@ -95,6 +105,9 @@ class Archive:
         self.revision = 0  # bumped on every change this archive makes or sees
         self._write_lock = threading.Lock()  # this process's writers, one at a time
         self._encode_lock = threading.Lock()  # one forward pass at a time: no CPU oversubscription
+        self._encode_batch = Batcher(self._encode_step, self._encode_lock, len, ENCODE_BATCH)
+        self._commit_batch = Batcher(self._commit_step, self._write_lock, lambda w: len(w[0]),
+                                     COMMIT_BATCH)
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._thumb_cap = int(thumb_cache)
         self._thumb_lock = threading.Lock()
@@ -231,9 +244,17 @@ class Archive:
 
     # ------------------------------------------------------------------ search
     def encode(self, images: list[Image.Image]) -> np.ndarray:
-        """Network codes of RGB images: packed ``uint8 (n, n_bits/8)``."""
-        with self._encode_lock:
-            return self.run.encode_images(images)
+        """Network codes of RGB images: packed ``uint8 (n, n_bits/8)``.
+
+        Concurrent calls are batched (:mod:`ahcl.serve.batching`): requests that arrive while a
+        forward pass runs are encoded together in the next one (up to :data:`ENCODE_BATCH`
+        images); a lone request is encoded at once.
+        """
+        return self._encode_batch(list(images))
+
+    def _encode_step(self, works: list[list[Image.Image]]) -> list[np.ndarray]:
+        codes = self.run.encode_images([im for images in works for im in images])
+        return _split(codes, [len(images) for images in works])
 
     def search(self, code: np.ndarray, k: int, radius: int | None = None,
                exclude: int | None = None) -> list[Hit]:
@@ -282,26 +303,43 @@ class Archive:
             with self._encode_lock:
                 codes = self.run.codes_for_labelled([str(p) for p in paths], labels,
                                                     images=[u.image for u in uploads])
-        with self._write_lock, self._writable() as store:
-            created: list[Path] = []
-            try:
-                for u, path in zip(uploads, paths):
-                    if not path.exists():  # content-addressed: the same bytes are stored once
-                        atomic_write_bytes(path, u.data)
-                        created.append(path)
-                ids = store.add(codes, labels=labels, meta=[
-                    {"path": str(p), "sha256": u.sha256} for u, p in zip(uploads, paths)])
-            except BaseException:
-                for path in created:
-                    path.unlink(missing_ok=True)
-                raise
+        # The images are written (and fsynced) here, concurrently with other requests; the
+        # folder's fsync and the log record are shared by the batch (group commit).
+        created: list[Path] = []
+        made_folder = not self.images_dir.exists()
+        try:
+            for u, path in zip(uploads, paths):
+                if not path.exists():  # content-addressed: the same bytes are stored once
+                    atomic_write_bytes(path, u.data, sync_folder=False)
+                    created.append(path)
+            ids = self._commit_batch((uploads, paths, codes, labels))
+        except BaseException:
+            for path in created:
+                path.unlink(missing_ok=True)
+            if made_folder:
+                with contextlib.suppress(OSError):
+                    self.images_dir.rmdir()
+            raise
+        self._compact_if_needed()
+        return [self._record(int(i), int(lab), {"sha256": ""}) for i, lab in zip(ids, labels)]
+
+    def _commit_step(self, works: list[tuple]) -> list[np.ndarray]:
+        """Index the images of several additions in one log record: one fsync of the images'
+        folder and one of the log for the whole batch (group commit); all or nothing."""
+        uploads = [u for w in works for u in w[0]]
+        paths = [p for w in works for p in w[1]]
+        with self._writable() as store:
+            fsync_folder(self.images_dir)
+            ids = store.add(np.concatenate([w[2] for w in works]),
+                            labels=np.concatenate([w[3] for w in works]),
+                            meta=[{"path": str(p), "sha256": u.sha256}
+                                  for u, p in zip(uploads, paths)])
             self._note_external()
             self.revision += 1
             if self._uploads is not None:  # else built from the index at the first deletion
                 for i, u in zip(ids, uploads):
                     self._uploads.setdefault(u.sha256, set()).add(int(i))
-        self._compact_if_needed()
-        return [self._record(int(i), int(lab), {"sha256": ""}) for i, lab in zip(ids, labels)]
+        return _split(ids, [len(w[0]) for w in works])
 
     def delete(self, item_id: int) -> None:
         """Remove an item from the index (durable when it returns) and its uploaded file if no

@@ -45,7 +45,11 @@ def test_quick_run_writes_every_field(tmp_path: Path, rsscn7_dir: Path) -> None:
         for m in scene["measured"]:
             assert (m["tiles"], m["edge_skipped"], m["nodata_skipped"]) == (tiles, edge, 0)
             assert 0 < m["read_s"] and 0 < m["encode_s"] <= m["total_s"]
-            assert m["encode_share"] == pytest.approx(m["encode_s"] / m["total_s"], abs=0.02)
+            # encode_s and total_s are rounded to 1 ms; quick runs last milliseconds, so the
+            # share recomputed from them is only good to that rounding's error.
+            e, t = m["encode_s"], m["total_s"]
+            slack = 0.001 + 0.0005 * (1 / t + e / t ** 2)
+            assert abs(m["encode_share"] - e / t) <= slack
             assert 0 < m["read_share"] and 0 < m["encode_share"] <= 1
             assert m["tiles_s"] > 0 and m["read_tiles_s"] > 0 and m["encode_tiles_s"] > 0
             rates = m["encode_batch_tiles_s"]

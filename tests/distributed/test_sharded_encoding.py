@@ -84,7 +84,7 @@ def test_index_build_two_ranks_equals_one_process(trained_run, new_images, tmp_p
                         str(tmp_path / "idx"), "--images", str(new_images), "--part-size",
                         str(PART), "--json"))
     assert json.loads(proc.stdout) == {"index": str(tmp_path / "idx"), "added": 500, "n": 500,
-                                       "processes": 2}
+                                       "skipped": 0, "processes": 2}
     _assert_index_is(tmp_path / "idx", paths, run.encode(paths))
     assert not (tmp_path / "idx.shards").exists()
 

@@ -24,6 +24,7 @@ import pytest
 
 import ahcl
 from ahcl.cli import main
+from ahcl.index import HammingIndex
 from ahcl.run import sha256_file
 from tests.misuse.snapshot import snapshot
 
@@ -253,8 +254,8 @@ CASES = [
          bomb_file),
     Case("8", ("index", "add", "{tmp}/a.index", "{tmp}/imgs/bomb.png", "--run", "{run}"), 1,
          "too large to decode safely", both(bomb_file, index)),
-    Case("8", ("index", "build", "{run}", "--images", "{tmp}/imgs", "--out", "{tmp}/b.index"), 1,
-         "too large to decode safely", bomb_file),
+    Case("8", ("index", "build", "{run}", "--images", "{tmp}/imgs", "--out", "{tmp}/b.index",
+               "--strict"), 1, "too large to decode safely", bomb_file),
     # 9. one line instead of a traceback
     Case("9", train(out="{tmp}/afile"), 1, "is a file: choose a folder",
          a_file("afile")),
@@ -353,3 +354,20 @@ def test_misuse_gets_one_line_and_changes_nothing(case: Case, tiny_run, syntheti
         assert [snapshot(r) for r in roots] == before
     else:
         case.after(ctx)
+
+
+def test_index_build_images_skips_an_unreadable_image_with_a_count(tiny_run, image, bomb_png,
+                                                                  tmp_path, capsys) -> None:
+    """#16 item 8: without --strict, a bad file among the images is skipped, named and
+    counted; the readable ones are indexed."""
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "bomb.png").write_bytes(bomb_png)
+    shutil.copy(image, tmp_path / "imgs")
+    out = tmp_path / "b.index"
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\): .*bomb.png"):
+        assert main(["index", "build", str(tiny_run), "--images", str(tmp_path / "imgs"),
+                     "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["added"] == 1 and report["skipped"] == 1
+    index = HammingIndex.load(out)
+    assert len(index) == 1 and index.meta_of(index.ids)[0]["path"].endswith(Path(image).name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from ahcl import distributed as dist
 from ahcl.cli._common import add_device_args, check_output_file, print_json, run_options
 from ahcl.data.folder import list_image_files
+from ahcl.data.images import ImageReadError
 from ahcl.errors import AhclError, UnknownNameError
 from ahcl.index.lock import writing
 from ahcl.index.format import read_header
@@ -53,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="1-based bands to read as RGB (--scenes; default 1,2,3)")
     build.add_argument("--min-valid", type=float, default=0.9,
                        help="skip tiles with a smaller share of valid pixels (--scenes)")
+    build.add_argument("--strict", action="store_true",
+                       help="--images: stop at an unreadable image instead of skipping it")
     build.add_argument("--part-size", type=int, default=4096, metavar="N",
                        help="images per unit of work and of crash recovery (default 4096)")
     build.add_argument("--json", action="store_true")
@@ -134,7 +138,24 @@ def _build_from_images(args: argparse.Namespace) -> int:
     run = load_run(args.run, **run_options(args))
     paths = list_image_files(args.images)
     shards = Path(f"{args.out}.shards")
-    codes = encode_files_sharded(run, paths, shards, part_size=args.part_size)
+    skipped: list[str] = []
+    while True:  # each pass drops the unreadable images found (frozen runs report them all)
+        try:
+            codes = encode_files_sharded(run, paths, shards, part_size=args.part_size)
+            break
+        except ImageReadError as exc:
+            bad = set(getattr(exc, "paths", None) or [getattr(exc, "path", None)]) - {None}
+            if args.strict or not bad & set(paths):
+                raise
+            skipped += sorted(bad & set(paths))
+            paths = [p for p in paths if p not in bad]
+            if not paths:
+                raise AhclError(f"{args.images}: none of the images can be read "
+                                f"({len(skipped)} unreadable, e.g. {skipped[0]})") from None
+    if skipped:
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warnings.warn(f"{args.images}: skipped {len(skipped)} unreadable image(s): "
+                      f"{', '.join(skipped[:3])}{more} (--strict stops instead)", stacklevel=1)
     if codes is None:  # not rank 0
         return 0
     index = run.new_index()
@@ -143,7 +164,7 @@ def _build_from_images(args: argparse.Namespace) -> int:
         index.save(args.out)
     shutil.rmtree(shards, ignore_errors=True)  # the index is saved: the parts are spent
     _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index),
-                   "processes": dist.world_size()})
+                   "skipped": len(skipped), "processes": dist.world_size()})
     return 0
 
 

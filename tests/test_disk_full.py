@@ -59,3 +59,20 @@ def test_other_errors_pass_through(tmp_path):
         with atomic_write(tmp_path / "y") as f:
             raise PermissionError(errno.EACCES, "denied")
     assert not list(tmp_path.iterdir())
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path) -> None:
+    """A new file gets 0666 minus the umask (not mkstemp's 0600), so an index built by one user
+    can be served by another; a replaced file keeps the mode it had."""
+    import stat
+
+    from ahcl._io import _umask, atomic_write_bytes
+
+    new = tmp_path / "new.bin"
+    atomic_write_bytes(new, b"x")
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~_umask()
+    kept = tmp_path / "kept.bin"
+    kept.write_bytes(b"old")
+    kept.chmod(0o640)
+    atomic_write_bytes(kept, b"new")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_bytes() == b"new"

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -38,6 +39,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *,
     except OSError as exc:  # read-only, no permission: name the file asked for, not the temp
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
+        # mkstemp makes 0600 files; give the file what open() would (or what it had before).
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -51,6 +55,25 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *,
         raise
     if sync_folder:
         _fsync_dir(path.parent)
+
+
+def _file_mode(path: Path) -> int:
+    """The permission bits ``path`` has, or a new file gets from the umask (0666 & ~umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it, racing other
+    threads); 0o022 where /proc does not say."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    return 0o022
 
 
 def fsync_folder(directory: str | os.PathLike) -> None:

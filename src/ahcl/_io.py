@@ -50,7 +50,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *,
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if _disk_full(exc):
+        if is_disk_full(exc):
             raise disk_full_error(path) from None
         raise
     if sync_folder:
@@ -89,12 +89,7 @@ def disk_full_error(path: str | os.PathLike,
                          "space and run again", path=str(path))
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is the disk running out of space."""
-    return _disk_full(exc)
-
-
-def _disk_full(exc: BaseException | None) -> bool:
+def is_disk_full(exc: BaseException | None) -> bool:
     """ENOSPC/EDQUOT anywhere in the exception's chain (torch.save re-raises a failed write as a
     RuntimeError while closing its archive), or torch's own write-failure message."""
     seen = 0

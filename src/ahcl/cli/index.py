@@ -144,11 +144,12 @@ def _build_from_images(args: argparse.Namespace) -> int:
             codes = encode_files_sharded(run, paths, shards, part_size=args.part_size)
             break
         except ImageReadError as exc:
-            bad = set(getattr(exc, "paths", None) or [getattr(exc, "path", None)]) - {None}
-            if args.strict or not bad & set(paths):
+            bad = set(getattr(exc, "paths", None) or [getattr(exc, "path", None)])
+            kept = [p for p in paths if p not in bad]
+            if args.strict or len(kept) == len(paths):  # nothing to drop: not a per-image error
                 raise
-            skipped += sorted(bad & set(paths))
-            paths = [p for p in paths if p not in bad]
+            skipped += [p for p in paths if p in bad]
+            paths = kept
             if not paths:
                 raise AhclError(f"{args.images}: none of the images can be read "
                                 f"({len(skipped)} unreadable, e.g. {skipped[0]})") from None

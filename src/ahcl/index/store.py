@@ -153,16 +153,14 @@ class IndexStore:
             return new_ids
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
-        """:meth:`HammingIndex.remove`, durable when it returns; unknown ids are ignored (and
-        not logged). Returns how many went."""
+        """:meth:`HammingIndex.remove`, durable when it returns; unknown ids are ignored (a
+        call that removes nothing writes nothing). Returns how many went."""
         with self._writing():
             want = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
-            present = want[np.isin(want, self._index.ids)]
-            if not present.shape[0]:
-                return 0
             index = self._index.copy()
-            removed = index.remove(present)
-            self._commit(index, wal.encode_remove(present))
+            removed = index.remove(want)
+            if removed:  # replaying the record ignores its unknown ids just the same
+                self._commit(index, wal.encode_remove(want))
             return removed
 
     @contextlib.contextmanager
@@ -245,10 +243,8 @@ class IndexStore:
             IndexFileError: damage anywhere.
         """
         with self._lock:
-            header, _ = fmt.read_index(self.path, mmap=True, verify=True)
-            log = wal.read_log(self.path, header["token"], header["n_bits"],
-                               header["semantic_bits"])
-            return {"items": len(HammingIndex._open(self.path, verify=False)[0]),
+            index, _, log = HammingIndex._open(self.path, mmap=True, verify=True)
+            return {"items": len(index),
                     "log_records": len(log.records),
                     "log_bytes": 0 if log.stale else log.end,
                     "torn_bytes": log.size - log.end if log.torn else 0,

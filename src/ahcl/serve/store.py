@@ -111,7 +111,6 @@ class Archive:
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._thumb_cap = int(thumb_cache)
         self._thumb_lock = threading.Lock()
-        self._refresh_lock = threading.Lock()
         self._refreshed = time.monotonic()
         self._seen_external = 0
         self._uploads: dict[str, set[int]] | None = None
@@ -171,17 +170,13 @@ class Archive:
         for, while a write or another refresh runs)."""
         store = self._store
         if store is not None and time.monotonic() - self._refreshed > REFRESH_SECONDS \
-                and self._refresh_lock.acquire(blocking=False):
+                and self._write_lock.acquire(blocking=False):
             try:
-                if self._write_lock.acquire(blocking=False):
-                    try:
-                        self._refreshed = time.monotonic()
-                        store.refresh()
-                        self._note_external()
-                    finally:
-                        self._write_lock.release()
+                self._refreshed = time.monotonic()
+                store.refresh()
+                self._note_external()
             finally:
-                self._refresh_lock.release()
+                self._write_lock.release()
         return self.index
 
     def class_name(self, label: int) -> str | None:
@@ -312,7 +307,7 @@ class Archive:
                 if not path.exists():  # content-addressed: the same bytes are stored once
                     atomic_write_bytes(path, u.data, sync_folder=False)
                     created.append(path)
-            ids = self._commit_batch((uploads, paths, codes, labels))
+            ids = self._commit_batch((uploads, paths, codes, labels, bool(created)))
         except BaseException:
             for path in created:
                 path.unlink(missing_ok=True)
@@ -329,7 +324,8 @@ class Archive:
         uploads = [u for w in works for u in w[0]]
         paths = [p for w in works for p in w[1]]
         with self._writable() as store:
-            fsync_folder(self.images_dir)
+            if any(w[4] for w in works):  # new image files: make their renames durable
+                fsync_folder(self.images_dir)
             ids = store.add(np.concatenate([w[2] for w in works]),
                             labels=np.concatenate([w[3] for w in works]),
                             meta=[{"path": str(p), "sha256": u.sha256}

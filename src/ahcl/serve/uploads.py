@@ -68,12 +68,21 @@ def decode_upload(data: bytes, max_pixels: int) -> Upload:
     Raises:
         UploadError: 415 not an image; 400 over ``max_pixels``, a bomb, truncated or corrupt.
     """
+    return _decoded(data, _header(data, max_pixels)[2], max_pixels)
+
+
+def _header(data: bytes, max_pixels: int) -> tuple[int, int, str]:
+    """``(width, height, format)`` from the header, checked against ``max_pixels``."""
     if not data:
         raise UploadError("the upload is empty: send an image file", status=415)
     width, height, fmt = _probe(data)
     if width * height > max_pixels:
         raise UploadError(f"image is {width}x{height} = {width * height} pixels, over the limit "
                           f"of {max_pixels}: downscale it first", status=400)
+    return width, height, fmt
+
+
+def _decoded(data: bytes, fmt: str, max_pixels: int) -> Upload:
     suffix = _FORMAT_SUFFIX.get(fmt, ".img")
     image = _DECODERS.submit(_decode, data, suffix, fmt, max_pixels).result()
     return Upload(data, image, suffix, hashlib.sha256(data).hexdigest())
@@ -92,12 +101,13 @@ def decode_uploads(datas: list[bytes], max_pixels: int) -> list[Upload]:
         UploadError: as :func:`decode_upload`; 400 over the per-request budget.
     """
     budget = REQUEST_PIXELS_FACTOR * max_pixels
-    total = sum(w * h for w, h, _ in (_probe(d) for d in datas if d))
+    headers = [_header(d, max_pixels) for d in datas]  # each header read once
+    total = sum(w * h for w, h, _ in headers)
     if total > budget:
         raise UploadError(f"the {len(datas)} images of this request hold {total} pixels in all, "
                           f"over the limit of {budget} per request: send fewer at once",
                           status=400)
-    return [decode_upload(d, max_pixels) for d in datas]
+    return [_decoded(d, h[2], max_pixels) for d, h in zip(datas, headers)]
 
 
 def _decode(data: bytes, suffix: str, fmt: str, max_pixels: int) -> Image.Image:

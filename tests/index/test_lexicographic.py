@@ -22,7 +22,7 @@ from ahcl.index import HammingIndex, HammingIndexError, Hit, lexicographic, sear
 from ahcl.index import format as fmt
 from ahcl.index.hits import hits_from_rows
 
-SPLITS = [(16, 8), (64, 16), (128, 32), (72, 8), (256, 64)]
+SPLITS = [(16, 8), (64, 16), (128, 32), (72, 8), (256, 64), (96, 40)]
 
 
 # ---------------------------------------------------------------- reference and data

@@ -490,13 +490,22 @@ class HammingIndex:
         return [_segment_cached(s, f"tile_min {tile}", lambda s=s: kernels.tile_min_ids(
             np.asarray(s.ids), tile)) for s in self._segments]
 
-    def _split_inputs(self) -> tuple[int, np.ndarray, np.ndarray, int]:
-        """What the split kernels read besides the rows: the calling thread's kernel path, the
-        word masks, the word spans and the key shift (:mod:`ahcl.index.lexicographic`)."""
-        return (simd.path_code(self.n_bits),
-                lexicographic.split_masks(self.n_bits, self.semantic_bits),
+    def _split_inputs(self, q: np.ndarray) -> tuple[Any, ...]:
+        """What the split kernels read besides the rows (:mod:`ahcl.index.lexicographic`): the
+        calling thread's kernel path, the word masks, the word spans, the key shift, and for
+        ``avx2`` the queries' plane masks, each segment's split bit planes (the plain ones when
+        ``semantic_bits`` is a multiple of 16, else a reordered copy kept beside them) and the
+        plane geometry."""
+        path, qmasks, seg_planes = self._kernel_inputs(q)
+        if path == simd.AVX2:
+            n, sem = self.n_bits, self.semantic_bits
+            qmasks = planes.split_query_masks(qmasks, n, sem)
+            seg_planes = [_segment_cached(s, "split planes", lambda p=p: planes.split_planes(
+                p, n, sem)) for s, p in zip(self._segments, seg_planes)]
+        return (path, lexicographic.split_masks(self.n_bits, self.semantic_bits),
                 lexicographic.word_spans(self.semantic_bits),
-                lexicographic.key_shift(self.n_bits, self.semantic_bits))
+                lexicographic.key_shift(self.n_bits, self.semantic_bits), qmasks, seg_planes,
+                lexicographic.plane_geometry(self.n_bits, self.semantic_bits))
 
     def _flat_split(self, q: np.ndarray, k_out: int, seed: bool = True
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -510,15 +519,16 @@ class HammingIndex:
         buf_n = np.zeros(nq, dtype=np.int64)
         bound = np.zeros((nq, 2), dtype=np.int64)
         bound[:, 0] = lexicographic.max_key(self.n_bits, self.semantic_bits) + 1
-        path, masks, spans, shift = self._split_inputs()
+        path, masks, spans, shift, qmasks, seg_planes, geom = self._split_inputs(q)
         seeded = seed and self._seed_bounds(q, k, bound, lambda db, n_blocks, rank: (
             lexicographic.sample_bounds(q, masks, shift, db, n_blocks, rank)))
         qblock, tile = kernels.query_block(nq), kernels.tile_rows(self.words)
         ids = np.ascontiguousarray(self.ids)
         base = 0
-        for seg, words, lows in zip(self._segments, self._segment_words(), self._tile_min(tile)):
-            lexicographic.topk_scan(path, tile, qblock, q, masks, spans, shift, words, ids, lows,
-                                    base, k, buf_k, buf_p, buf_n, bound)
+        for seg, words, bits, lows in zip(self._segments, self._segment_words(), seg_planes,
+                                          self._tile_min(tile)):
+            lexicographic.topk_scan(path, tile, qblock, q, masks, spans, shift, qmasks, bits, geom,
+                                    words, ids, lows, base, k, buf_k, buf_p, buf_n, bound)
             base += len(seg)
         out_s = np.empty((nq, k), dtype=np.int32)
         out_i = np.empty((nq, k), dtype=np.int32)
@@ -622,16 +632,17 @@ class HammingIndex:
             return lims, d, np.zeros_like(d), p, i
         q = self._queries(query_codes)
         radius = min(int(radius), self.semantic_bits)  # every row is within semantic_bits
-        path, masks, spans, shift = self._split_inputs()
         with kernels.thread_limit(self.threads):
+            path, masks, spans, shift, qmasks, seg_planes, geom = self._split_inputs(q)
             qblock, tile = kernels.query_block(q.shape[0]), kernels.tile_rows(self.words)
 
             def scan(rows: np.ndarray, offsets: np.ndarray, limits: np.ndarray,
                      keys: np.ndarray, pos: np.ndarray) -> np.ndarray:
                 base = 0
-                for seg, w in zip(self._segments, self._segment_words()):
-                    lexicographic.range_fill(path, tile, qblock, q[rows], masks, spans, shift, w,
-                                             radius, base, offsets, limits, keys, pos)
+                for seg, w, bits in zip(self._segments, self._segment_words(), seg_planes):
+                    lexicographic.range_fill(path, tile, qblock, q[rows], masks, spans, shift,
+                                             qmasks[rows], bits, geom, w, radius, base, offsets,
+                                             limits, keys, pos)
                     base += len(seg)
                 return offsets
 

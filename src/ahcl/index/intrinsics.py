@@ -157,6 +157,71 @@ def _harley_seal_16(builder: ir.IRBuilder, acc: list[ir.Value], x: list[ir.Value
     return sixteens
 
 
+def _count_planes(builder: ir.IRBuilder, block: ir.Value, q_data: ir.Value, g_lo: ir.Value,
+                  g_hi: ir.Value, hi: "_HiCounter") -> list[ir.Value]:
+    """Count, per row of a 256-row block, the planes of groups ``[g_lo, g_hi)`` that differ from
+    the query (``block``: the block's first plane, ``q_data``: the query's plane masks) into a
+    bit-sliced counter: the 4 low bits are returned (as stack slots), the rest go to ``hi``."""
+    zero = ir.Constant(_VT, [0] * BS_LANES)
+    acc_p = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+    with cgutils.for_range_slice(builder, g_lo, g_hi, ir.Constant(I64, 1)) as (grp, _):
+        g0 = builder.mul(grp, ir.Constant(I64, BS_GROUP))
+        gp = builder.gep(block, [builder.mul(g0, ir.Constant(I64, BS_LANES))])
+        gq = builder.gep(q_data, [g0])
+        x = []
+        for k in range(BS_GROUP):
+            at = builder.gep(gp, [ir.Constant(I64, k * BS_LANES)])
+            plane = builder.load(builder.bitcast(at, _VT.as_pointer()), align=8)
+            qk = builder.load(builder.gep(gq, [ir.Constant(I64, k)]))
+            x.append(builder.xor(plane, _splat(builder, qk, BS_LANES)))
+        acc = [builder.load(p) for p in acc_p]
+        sixteens = _harley_seal_16(builder, acc, x)
+        for p, v in zip(acc_p, acc):
+            builder.store(v, p)
+        hi.add(sixteens)
+    return acc_p
+
+
+def _compare(builder: ir.IRBuilder, acc_p: list[ir.Value], hi: "_HiCounter", t: ir.Value
+             ) -> tuple[ir.Value, ir.Value]:
+    """``(count > t, count == t)`` per row, decided from the most significant counter bit
+    down (``t``: ``int64``, below ``2 ** (4 + levels)``)."""
+    zero, full = ir.Constant(_VT, [0] * BS_LANES), ir.Constant(_VT, [-1] * BS_LANES)
+    gt_p = cgutils.alloca_once_value(builder, zero)
+    eq_p = cgutils.alloca_once_value(builder, full)
+
+    def compare_bit(bit: ir.Value, i: ir.Value) -> None:
+        tb = _splat(builder, builder.neg(builder.and_(builder.lshr(t, i),
+                                                      ir.Constant(I64, 1))), BS_LANES)
+        gt, eq = builder.load(gt_p), builder.load(eq_p)
+        builder.store(builder.or_(gt, builder.and_(eq, builder.and_(bit, builder.not_(tb)))),
+                      gt_p)
+        builder.store(builder.and_(eq, builder.not_(builder.xor(bit, tb))), eq_p)
+
+    hi.each_from_top(compare_bit)
+    for i in (3, 2, 1, 0):
+        compare_bit(builder.load(acc_p[i]), ir.Constant(I64, i))
+    return builder.load(gt_p), builder.load(eq_p)
+
+
+def _store_mask(builder: ir.IRBuilder, within: ir.Value, o_data: ir.Value, out_off: ir.Value
+                ) -> ir.Value:
+    """Write a block's 4 mask words at ``o_data[out_off]``; returns their OR."""
+    builder.store(within, builder.bitcast(builder.gep(o_data, [out_off]), _VT.as_pointer()),
+                  align=8)
+    any_ = builder.extract_element(within, ir.Constant(I32, 0))
+    for lane in range(1, BS_LANES):
+        any_ = builder.or_(any_, builder.extract_element(within, ir.Constant(I32, lane)))
+    return any_
+
+
+def _block_start(builder: ir.IRBuilder, p_data: ir.Value, blk: ir.Value, n_groups: ir.Value
+                 ) -> ir.Value:
+    """Pointer to the first plane of block ``blk`` (``n_groups`` groups of 16 planes each)."""
+    stride = builder.mul(n_groups, ir.Constant(I64, BS_GROUP * BS_LANES))
+    return builder.gep(p_data, [builder.mul(blk, stride)])
+
+
 def _make_bs_mask256(fixed_hi: int | None):
     """:func:`bs_mask256`, with the counter bits above 8 in registers when their number is fixed
     at compile time (``fixed_hi``), else in a stack array walked by loops."""
@@ -187,53 +252,55 @@ def _make_bs_mask256(fixed_hi: int | None):
             p_data = _data(context, builder, signature.args[0], planes_a)
             q_data = _data(context, builder, signature.args[2], qmask_a)
             o_data = _data(context, builder, signature.args[6], out_a)
-            zero, full = ir.Constant(_VT, [0] * BS_LANES), ir.Constant(_VT, [-1] * BS_LANES)
-            acc_p = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
-            hi = _HiCounter(builder, fixed_hi, hi_levels, zero)
-            stride = builder.mul(n_groups, ir.Constant(I64, BS_GROUP * BS_LANES))
-            block = builder.gep(p_data, [builder.mul(blk, stride)])
-            with cgutils.for_range(builder, n_groups) as grp:
-                g0 = builder.mul(grp.index, ir.Constant(I64, BS_GROUP))
-                gp = builder.gep(block, [builder.mul(g0, ir.Constant(I64, BS_LANES))])
-                gq = builder.gep(q_data, [g0])
-                x = []
-                for k in range(BS_GROUP):
-                    at = builder.gep(gp, [ir.Constant(I64, k * BS_LANES)])
-                    plane = builder.load(builder.bitcast(at, _VT.as_pointer()), align=8)
-                    qk = builder.load(builder.gep(gq, [ir.Constant(I64, k)]))
-                    x.append(builder.xor(plane, _splat(builder, qk, BS_LANES)))
-                acc = [builder.load(p) for p in acc_p]
-                sixteens = _harley_seal_16(builder, acc, x)
-                for p, v in zip(acc_p, acc):
-                    builder.store(v, p)
-                hi.add(sixteens)
-            # count > t, decided from the most significant counter bit down
-            gt_p = cgutils.alloca_once_value(builder, zero)
-            eq_p = cgutils.alloca_once_value(builder, full)
-
-            def compare_bit(bit: ir.Value, i: ir.Value) -> None:
-                tb = _splat(builder, builder.neg(builder.and_(builder.lshr(t, i),
-                                                              ir.Constant(I64, 1))), BS_LANES)
-                gt, eq = builder.load(gt_p), builder.load(eq_p)
-                builder.store(builder.or_(gt, builder.and_(eq, builder.and_(bit,
-                                                                           builder.not_(tb)))),
-                              gt_p)
-                builder.store(builder.and_(eq, builder.not_(builder.xor(bit, tb))), eq_p)
-
-            hi.each_from_top(compare_bit)
-            for i in (3, 2, 1, 0):
-                compare_bit(builder.load(acc_p[i]), ir.Constant(I64, i))
-            within = builder.not_(builder.load(gt_p))
-            builder.store(within, builder.bitcast(builder.gep(o_data, [out_off]),
-                                                  _VT.as_pointer()), align=8)
-            any_ = builder.extract_element(within, ir.Constant(I32, 0))
-            for lane in range(1, BS_LANES):
-                any_ = builder.or_(any_, builder.extract_element(within, ir.Constant(I32, lane)))
-            return any_
+            hi = _HiCounter(builder, fixed_hi, hi_levels, ir.Constant(_VT, [0] * BS_LANES))
+            block = _block_start(builder, p_data, blk, n_groups)
+            acc_p = _count_planes(builder, block, q_data, ir.Constant(I64, 0), n_groups, hi)
+            gt, _ = _compare(builder, acc_p, hi, t)
+            return _store_mask(builder, builder.not_(gt), o_data, out_off)
 
         return sig, codegen
 
     return bs_mask256
+
+
+@intrinsic
+def bs_key_mask256(typingctx, planes, blk, qmask, s_groups, i_groups, s_hi, i_hi, ts, ti,  # noqa: ARG001
+                   out, out_off):
+    """Bit-sliced mask of the 256 rows of block ``blk`` whose split key is within ``(ts, ti)``:
+    semantic distance ``S < ts``, or ``S == ts`` and instance distance ``I <= ti``.
+
+    Args (numba side):
+        planes: split bit planes (:func:`ahcl.index.planes.split_planes`): per block,
+            ``s_groups`` groups of 16 semantic planes, then ``i_groups`` of instance planes.
+        qmask: ``uint64 ((s_groups + i_groups) * 16,)`` the query's plane masks, same order.
+        s_hi, i_hi: counter bits above 8 of each count (:func:`~ahcl.index.planes.split_geometry`).
+        ts, ti: ``int64``, ``0 <= ts < 2 ** (4 + s_hi)``, ``0 <= ti < 2 ** (4 + i_hi)``.
+        out, out_off: as in :func:`bs_mask256`.
+
+    Returns:
+        ``uint64``: the OR of the 4 mask words.
+    """
+    sig = types.uint64(planes, types.intp, qmask, types.intp, types.intp, types.intp, types.intp,
+                       types.int64, types.int64, out, types.intp)
+
+    def codegen(context, builder, signature, args):
+        planes_a, blk, qmask_a, s_groups, i_groups, s_hi, i_hi, ts, ti, out_a, out_off = args
+        p_data = _data(context, builder, signature.args[0], planes_a)
+        q_data = _data(context, builder, signature.args[2], qmask_a)
+        o_data = _data(context, builder, signature.args[9], out_a)
+        zero = ir.Constant(_VT, [0] * BS_LANES)
+        block = _block_start(builder, p_data, blk, builder.add(s_groups, i_groups))
+        hi_s = _HiCounter(builder, None, s_hi, zero)
+        gt_s, eq_s = _compare(builder, _count_planes(builder, block, q_data, ir.Constant(I64, 0),
+                                                     s_groups, hi_s), hi_s, ts)
+        hi_i = _HiCounter(builder, None, i_hi, zero)
+        gt_i, _ = _compare(builder, _count_planes(builder, block, q_data, s_groups,
+                                                  builder.add(s_groups, i_groups), hi_i), hi_i, ti)
+        # S < ts, or S == ts and I <= ti  ==  not (S > ts  or  (S == ts and I > ti))
+        within = builder.not_(builder.or_(gt_s, builder.and_(eq_s, gt_i)))
+        return _store_mask(builder, within, o_data, out_off)
+
+    return sig, codegen
 
 
 class _HiCounter:

@@ -178,14 +178,22 @@ def _masks_planes(planes, qmask, n_groups, hi_levels, start, stop, t, masks):
             any_ |= bs_mask256_h7(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
         else:
             any_ |= bs_mask256(planes, blk, qmask, n_groups, hi_levels, t, masks, at)
-    if (stop - start) % BS_ROWS:  # a last, partial block: clear the rows past the end
-        last = (stop - start - 1) // GROUP
-        rest = (stop - start) - last * GROUP
-        masks[last] &= (np.uint64(1) << np.uint64(rest)) - np.uint64(1) if rest < GROUP \
-            else ~np.uint64(0)
-        any_ = np.uint64(0)
-        for i in range(last + 1):
-            any_ |= masks[i]
+    return clear_past(masks, stop - start, any_)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def clear_past(masks, n_rows, any_):
+    """After bit-plane blocks of 256 rows: clear the mask bits of rows ``n_rows`` on (a last,
+    partial block) and return the OR of the mask words (``any_`` when there are none)."""
+    if n_rows % BS_ROWS == 0:
+        return any_
+    last = (n_rows - 1) // GROUP
+    rest = n_rows - last * GROUP
+    masks[last] &= (np.uint64(1) << np.uint64(rest)) - np.uint64(1) if rest < GROUP \
+        else ~np.uint64(0)
+    any_ = np.uint64(0)
+    for i in range(last + 1):
+        any_ |= masks[i]
     return any_
 
 

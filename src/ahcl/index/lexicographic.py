@@ -37,9 +37,13 @@ written by an id sort and two stable counting sorts (instance, then semantic dis
 
 Every kernel is ``cache=True`` and ``nogil``; query loops use ``prange``; callers run them inside
 :func:`ahcl.index.kernels.thread_limit`. Paths (:mod:`ahcl.index.simd`): ``popcnt`` computes
-keys row by row with scalar POPCNT, ``avx2`` and ``avx512`` both run :func:`key_mask64` (plain
-vector IR, lowered for the CPU numba targets; the bit planes of the plain ``avx2`` path count one
-distance, not two).
+keys row by row with scalar POPCNT; ``avx512`` runs :func:`key_mask64`; ``avx2`` counts both
+distances bit-sliced over the plain path's bit planes (:func:`ahcl.index.planes.split_planes`:
+the same planes when ``semantic_bits`` is a multiple of 16) with
+:func:`ahcl.index.intrinsics.bs_key_mask256`, which compares ``(S, I)`` with
+``(t // R, t % R)`` lexicographically (the same test as ``key <= t``, as ``I < R``), so a row
+costs the logic operations of its planes and no popcount (a vector popcount is a nibble lookup
+on AVX2).
 """
 
 from __future__ import annotations
@@ -50,10 +54,12 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ahcl.index.intrinsics import I32, I64, _ctpop, _data, _splat, cttz64, popcnt_scalar
-from ahcl.index.kernels import GROUP, tile_cols
+from ahcl.index.intrinsics import (BS_ROWS, I32, I64, _ctpop, _data, _splat, bs_key_mask256,
+                                   cttz64, popcnt_scalar)
+from ahcl.index.kernels import GROUP, clear_past, tile_cols
+from ahcl.index.planes import split_geometry
 from ahcl.index.selection import kth_tie_id
-from ahcl.index.simd import AVX512, POPCNT
+from ahcl.index.simd import AVX2, AVX512, POPCNT
 
 
 def split_masks(n_bits: int, semantic_bits: int) -> np.ndarray:
@@ -189,17 +195,40 @@ def _masks_rows(q, masks, shift, db, w, start, stop, t, out):
     return any_
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _masks_planes(qmask, planes, geom, start, stop, t, out):
+    """``avx2``: blocks of 256 rows by :func:`~ahcl.index.intrinsics.bs_key_mask256` (bit
+    planes, two bit-sliced counts); ``start`` is a multiple of 256. Returns the OR of the mask
+    words."""
+    s_groups, i_groups, s_hi, i_hi, radix, semantic_bits, instance_bits = (
+        geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6])
+    # key <= t  <=>  (S, I) <= (t // R, t % R) in lexicographic order, as I < R; both parts
+    # clamped to the largest value a count can take plus one (the counters' range)
+    ts = min(t // radix, semantic_bits + 1)
+    ti = min(t - (t // radix) * radix, instance_bits)
+    any_ = np.uint64(0)
+    for b in range(0, stop - start, BS_ROWS):
+        any_ |= bs_key_mask256(planes, (start + b) // BS_ROWS, qmask, s_groups, i_groups, s_hi,
+                               i_hi, ts, ti, out, b // GROUP)
+    return clear_past(out, stop - start, any_)
+
+
 @njit(cache=True, nogil=True)
-def tile_masks(path, q, masks, spans, shift, db, cols, w, start, stop, t, out):
+def tile_masks(path, q, qmask, masks, spans, shift, db, cols, planes, geom, w, start, stop, t,
+               out):
     """Bit masks of the rows ``[start, stop)`` (at most one tile) with a key at most ``t``: bit
     ``b`` of ``out[i]`` is row ``start + 64 i + b``. Returns the OR of the mask words.
 
     ``spans``: ``(a, b)`` of :func:`key_mask64`; ``cols``: the tile word-major
-    (:func:`ahcl.index.kernels.tile_cols` on the ``avx512`` path) when ``w > 1``. Every path but
-    ``popcnt`` runs :func:`key_mask64` (plain vector IR, lowered for the CPU numba targets).
+    (:func:`ahcl.index.kernels.tile_cols` on the ``avx512`` path) when ``w > 1``; ``qmask``,
+    ``planes``, ``geom``: the query's plane masks, the split bit planes and :func:`plane_geometry`
+    (``avx2``; else unused). ``popcnt`` counts row by row, ``avx2`` by bit planes, ``avx512`` by
+    :func:`key_mask64`.
     """
     if path == POPCNT:
         return _masks_rows(q, masks, shift, db, w, start, stop, t, out)
+    if path == AVX2:
+        return _masks_planes(qmask, planes, geom, start, stop, t, out)
     full = start + (stop - start) // GROUP * GROUP
     any_ = np.uint64(0)
     for g in range(start, full, GROUP):
@@ -213,6 +242,14 @@ def tile_masks(path, q, masks, spans, shift, db, cols, w, start, stop, t, out):
     if full < stop:
         any_ |= _masks_rows(q, masks, shift, db, w, full, stop, t, out[(full - start) // GROUP:])
     return any_
+
+
+def plane_geometry(n_bits: int, semantic_bits: int) -> np.ndarray:
+    """``int64 (7,)`` what the ``avx2`` mask reads: :func:`ahcl.index.planes.split_geometry`,
+    the radix ``R`` of the key, ``semantic_bits`` and ``instance_bits``."""
+    return np.array(split_geometry(n_bits, semantic_bits)
+                    + ((1 << key_shift(n_bits, semantic_bits)) + 1, semantic_bits,
+                       n_bits - semantic_bits), dtype=np.int64)
 
 
 @njit(cache=True, nogil=True)
@@ -263,35 +300,31 @@ def _take_hits(q, masks, shift, db, w, ids, base, row0, m, bk, bp, cnt, t_key, t
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _scratch(tile, w):
+def _scratch(path, tile, w):
     """A block's mask words and word-major tile (:func:`tile_masks`)."""
-    return np.empty(tile // GROUP, dtype=np.uint64), np.empty(tile * w if w > 1 else 0,
-                                                              dtype=np.uint64)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _tile_cols(path, db, w, start, stop, cols):
-    """The tile word-major for :func:`key_mask64` (every path but ``popcnt``)."""
-    tile_cols(AVX512 if path != POPCNT else POPCNT, db, w, start, stop, cols)
+    return np.empty(tile // GROUP, dtype=np.uint64), np.empty(
+        tile * w if w > 1 and path == AVX512 else 0, dtype=np.uint64)
 
 
 @njit(cache=True, nogil=True)
-def _scan_block(path, tile, queries, masks, spans, shift, q_lo, q_hi, db, ids, tile_min, base, k,
+def _scan_block(path, tile, queries, masks, spans, shift, qmasks, planes, geom, q_lo, q_hi, db,
+                ids, tile_min, base, k,
                 buf_k, buf_p, buf_n, bound):
     """:func:`topk_scan` for queries ``[q_lo, q_hi)``."""
     w = queries.shape[1]
     cap = buf_k.shape[1]
-    out, cols = _scratch(tile, w)
+    out, cols = _scratch(path, tile, w)
     for start in range(0, db.shape[0] // w, tile):
         stop = min(db.shape[0] // w, start + tile)
-        _tile_cols(path, db, w, start, stop, cols)
+        tile_cols(path, db, w, start, stop, cols)
         for qi in range(q_lo, q_hi):
             b = bound[qi]
             t_key, t_id = b[0], b[1]
             # rows of a tile whose ids all exceed the bound's id cannot enter at its key
             t = t_key if tile_min[start // tile] < t_id else t_key - 1
             q = queries[qi]
-            if t < 0 or tile_masks(path, q, masks, spans, shift, db, cols, w, start, stop, t,
+            if t < 0 or tile_masks(path, q, qmasks[qi], masks, spans, shift, db, cols, planes, geom, w,
+                                   start, stop, t,
                                    out) == 0:
                 continue
             bk, bp = buf_k[qi], buf_p[qi]
@@ -308,18 +341,21 @@ def _scan_block(path, tile, queries, masks, spans, shift, q_lo, q_hi, db, ids, t
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def topk_scan(path, tile, qblock, queries, masks, spans, shift, db, ids, tile_min, base, k,
+def topk_scan(path, tile, qblock, queries, masks, spans, shift, qmasks, planes, geom, db, ids,
+              tile_min, base, k,
               buf_k, buf_p, buf_n, bound):
     """Feed one segment of the database into every query's top-k state by (key, id).
 
     Args:
-        path: kernel path code (:func:`ahcl.index.simd.path_code`): ``popcnt`` counts row by
-            row, the others by :func:`key_mask64`.
+        path: kernel path code (:func:`ahcl.index.simd.path_code`), see :func:`tile_masks`.
         tile: rows per tile (:func:`ahcl.index.kernels.tile_rows`); qblock: queries per block
             (:func:`ahcl.index.kernels.query_block`).
         queries: ``uint64 (nq, W)``; masks: ``uint64 (W,)`` from :func:`split_masks`;
-            spans: :func:`word_spans`; shift:
-            :func:`key_shift`.
+            spans: :func:`word_spans`; shift: :func:`key_shift`.
+        qmasks, planes, geom: ``avx2`` only (else any ``(nq, 0)``, empty and ``(7,)`` arrays):
+            the queries' plane masks and the segment's split bit planes
+            (:func:`ahcl.index.planes.split_query_masks`, :func:`~ahcl.index.planes.split_planes`),
+            and :func:`plane_geometry`.
         db: ``uint64 (n * W,)`` segment codes, flat rows.
         ids: ``int64 (N,)`` ids of all positions of the index (any order, unique).
         tile_min: ``int64 (ceil(n / tile),)`` smallest id of each tile
@@ -333,7 +369,8 @@ def topk_scan(path, tile, qblock, queries, masks, spans, shift, db, ids, tile_mi
     nq = queries.shape[0]
     for blk in prange((nq + qblock - 1) // qblock):
         q_lo = blk * qblock
-        _scan_block(path, tile, queries, masks, spans, shift, q_lo, min(nq, q_lo + qblock), db,
+        _scan_block(path, tile, queries, masks, spans, shift, qmasks, planes, geom, q_lo,
+                    min(nq, q_lo + qblock), db,
                     ids, tile_min, base, k, buf_k, buf_p, buf_n, bound)
 
 
@@ -436,24 +473,27 @@ def _range_hits(q, masks, shift, db, w, base, start, out, o, end, out_k, out_p):
 
 
 @njit(cache=True, nogil=True)
-def _range_block(path, tile, queries, masks, spans, shift, q_lo, q_hi, db, t, base, offsets,
+def _range_block(path, tile, queries, masks, spans, shift, qmasks, planes, geom, q_lo, q_hi, db,
+                 t, base, offsets,
                  limits, out_k, out_p):
     """:func:`range_fill` for queries ``[q_lo, q_hi)``."""
     w = queries.shape[1]
-    out, cols = _scratch(tile, w)
+    out, cols = _scratch(path, tile, w)
     for start in range(0, db.shape[0] // w, tile):
         stop = min(db.shape[0] // w, start + tile)
-        _tile_cols(path, db, w, start, stop, cols)
+        tile_cols(path, db, w, start, stop, cols)
         marked = out[:(stop - start + GROUP - 1) // GROUP]
         for qi in range(q_lo, q_hi):
             q = queries[qi]
-            if tile_masks(path, q, masks, spans, shift, db, cols, w, start, stop, t, out) != 0:
+            if tile_masks(path, q, qmasks[qi], masks, spans, shift, db, cols, planes, geom, w, start,
+                          stop, t, out) != 0:
                 offsets[qi] = _range_hits(q, masks, shift, db, w, base, start, marked,
                                           offsets[qi], limits[qi], out_k, out_p)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def range_fill(path, tile, qblock, queries, masks, spans, shift, db, radius, base, offsets,
+def range_fill(path, tile, qblock, queries, masks, spans, shift, qmasks, planes, geom, db, radius,
+               base, offsets,
                limits, out_k, out_p):
     """Rows within semantic distance ``radius >= 0`` of each query: ``(key, global position)``
     written at ``offsets[qi]`` onwards, in scan order, while below ``limits[qi]``.
@@ -464,7 +504,7 @@ def range_fill(path, tile, qblock, queries, masks, spans, shift, db, radius, bas
     nq = queries.shape[0]
     t = (radius + 1) * ((1 << shift) + 1) - 1  # semantic distance <= radius, any instance one
     for blk in prange((nq + qblock - 1) // qblock):
-        _range_block(path, tile, queries, masks, spans, shift, blk * qblock,
+        _range_block(path, tile, queries, masks, spans, shift, qmasks, planes, geom, blk * qblock,
                      min(nq, (blk + 1) * qblock), db, t, base, offsets, limits, out_k, out_p)
 
 

@@ -74,3 +74,39 @@ def query_masks(queries, planes):
             if (queries[i, p // 64] >> np.uint64(p % 64)) & np.uint64(1):
                 out[i, p] = np.uint64(0xFFFFFFFFFFFFFFFF)
     return out
+
+
+def split_geometry(n_bits: int, semantic_bits: int) -> tuple[int, int, int, int]:
+    """``(s_groups, i_groups, s_hi, i_hi)`` of split bit planes: groups of 16 planes of the
+    semantic and of the instance bits (each part padded to a multiple of 16 on its own), and the
+    counter bits above 8 that each count needs (the semantic count is compared with values up to
+    ``semantic_bits + 1``)."""
+    instance_bits = n_bits - semantic_bits
+    return (n_planes(semantic_bits) // BS_GROUP, n_planes(instance_bits) // BS_GROUP,
+            max(0, (semantic_bits + 1).bit_length() - 4), max(0, instance_bits.bit_length() - 4))
+
+
+def _split_layout(x: np.ndarray, n_bits: int, semantic_bits: int) -> np.ndarray:
+    """``x`` (planes on axis 1, in :func:`to_planes`' order) in the split order: the semantic
+    planes, zero planes up to a multiple of 16, then the instance planes. With 16-aligned
+    semantic bits that is the plain order itself (``x`` returned as it is, no copy)."""
+    sem = n_planes(semantic_bits)
+    if sem == semantic_bits:
+        return x
+    out = np.zeros((x.shape[0], sem + n_planes(n_bits - semantic_bits)) + x.shape[2:],
+                   dtype=x.dtype)
+    out[:, :semantic_bits] = x[:, :semantic_bits]
+    out[:, sem:sem + n_bits - semantic_bits] = x[:, semantic_bits:n_bits]
+    return out
+
+
+def split_planes(plain: np.ndarray, n_bits: int, semantic_bits: int) -> np.ndarray:
+    """Bit planes of a split index (:func:`_split_layout`) from the plain ones
+    (:func:`to_planes` with ``n_planes(n_bits)``), flat."""
+    blocks = plain.reshape(-1, n_planes(n_bits), BS_LANES)
+    return _split_layout(blocks, n_bits, semantic_bits).reshape(-1)
+
+
+def split_query_masks(plain: np.ndarray, n_bits: int, semantic_bits: int) -> np.ndarray:
+    """Query plane masks (:func:`query_masks`) in the order of :func:`split_planes`."""
+    return _split_layout(plain, n_bits, semantic_bits)

@@ -67,8 +67,10 @@ def popcnt_scalar(typingctx, x):  # noqa: ARG001
     """One scalar popcount that stays scalar: ``popcntq`` as inline assembly on x86-64."""
     def codegen(context, builder, signature, args):  # noqa: ARG001
         if simd.is_x86_64() and "popcnt" in simd.target_features():
-            return builder.asm(ir.FunctionType(I64, [I64]), "popcntq $1, $0", "=r,r", [args[0]],
-                               False)
+            # POPCNT writes the flags: without the clobber LLVM may keep a comparison's flags
+            # across it (seen: a mask chain of rows read as all "beyond t")
+            return builder.asm(ir.FunctionType(I64, [I64]), "popcntq $1, $0", "=r,r,~{flags}",
+                               [args[0]], False)
         return _ctpop(builder, args[0])
 
     return types.uint64(types.uint64), codegen

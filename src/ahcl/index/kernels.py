@@ -92,11 +92,40 @@ def thread_limit(threads: int | None) -> Iterator[None]:
 @njit(cache=True, nogil=True, inline="always")
 def row_distance(q, db, w, j):
     """Hamming distance of query words ``q`` to row ``j`` of the flat rows ``db`` (scalar)."""
-    row = db[j * w:j * w + w]
     s = np.uint64(0)
+    at = j * w  # indexed, not sliced: a slice is a new array (reference counting per row)
     for c in range(w):
-        s += popcnt_scalar(q[c] ^ row[c])
+        s += popcnt_scalar(q[c] ^ db[at + c])
     return np.int64(s)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _distance_u(q, db, w, j):
+    """:func:`row_distance` with an unsigned row index (no wraparound test per word)."""
+    s = np.uint64(0)
+    at = j * np.uint64(w)
+    for word in range(w):
+        s += popcnt_scalar(q[word] ^ db[at + np.uint64(word)])
+    return np.int64(s)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _group_mask(q, db, w, g, t):
+    """Mask of the 64 rows ``g .. g + 63`` within ``t`` (scalar POPCNT). Rows go last to first,
+    each doubling the mask and adding its bit (one LEA, not a variable shift and an OR), in four
+    independent chains of 16 rows so that the chains overlap; indices are unsigned, which skips
+    numba's negative-index wraparound test."""
+    m0 = np.uint64(0)
+    m1 = np.uint64(0)
+    m2 = np.uint64(0)
+    m3 = np.uint64(0)
+    for i in range(15, -1, -1):
+        j = np.uint64(g + i)
+        m0 = m0 + m0 + np.uint64(_distance_u(q, db, w, j) <= t)
+        m1 = m1 + m1 + np.uint64(_distance_u(q, db, w, j + np.uint64(16)) <= t)
+        m2 = m2 + m2 + np.uint64(_distance_u(q, db, w, j + np.uint64(32)) <= t)
+        m3 = m3 + m3 + np.uint64(_distance_u(q, db, w, j + np.uint64(48)) <= t)
+    return m0 | (m1 << np.uint64(16)) | (m2 << np.uint64(32)) | (m3 << np.uint64(48))
 
 
 @njit(cache=True, nogil=True)
@@ -106,9 +135,19 @@ def _masks_rows(q, db, w, start, stop, t, masks):
     of the mask words."""
     any_ = np.uint64(0)
     for g in range(start, stop, GROUP):
-        m = np.uint64(0)
-        for j in range(g, min(stop, g + GROUP)):
-            m |= np.uint64(row_distance(q, db, w, j) <= t) << np.uint64(j - g)
+        end = min(stop, g + GROUP)
+        if end - g < GROUP:  # the last rows of a tile, row by row
+            m = np.uint64(0)
+            for j in range(end - 1, g - 1, -1):
+                m = m + m + np.uint64(row_distance(q, db, w, j) <= t)
+        elif w == 1:  # a constant word count (inlined) unrolls the word loop
+            m = _group_mask(q, db, 1, g, t)
+        elif w == 2:
+            m = _group_mask(q, db, 2, g, t)
+        elif w == 4:
+            m = _group_mask(q, db, 4, g, t)
+        else:
+            m = _group_mask(q, db, w, g, t)
         masks[(g - start) // GROUP] = m
         any_ |= m
     return any_

@@ -181,7 +181,9 @@ def stream(run: Path, root: Path, n: int, count: int, clients: int) -> dict:
         Client(server.url).add(0)  # warm
         # The clients are other processes, as real ones are (not threads beside the server).
         with ProcessPoolExecutor(clients, mp_context=get_context("spawn")) as pool:
-            pool.submit(int, 0).result()  # workers started before the clock does
+            # every worker started (and its imports done) before the clock does: workers are
+            # spawned on demand, one per task submitted while the others are busy
+            list(pool.map(time.sleep, [1.0] * clients))
             start = time.perf_counter()
             for got, failed in pool.map(client_loop, [server.url] * clients, range(clients),
                                         [count] * clients, [clients] * clients):

@@ -8,8 +8,8 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import stat
-import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -35,13 +35,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temp(path)
     except OSError as exc:  # read-only, no permission: name the file asked for, not the temp
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
-        # mkstemp makes 0600 files; give the file what open() would (or what it had before).
-        with contextlib.suppress(OSError):
-            os.fchmod(fd, _file_mode(path))
+        with contextlib.suppress(OSError):  # a replaced file keeps its mode
+            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -57,23 +56,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *,
         _fsync_dir(path.parent)
 
 
-def _file_mode(path: Path) -> int:
-    """The permission bits ``path`` has, or a new file gets from the umask (0666 & ~umask)."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (``os.umask`` sets it, racing other
-    threads); 0o022 where /proc does not say."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    return 0o022
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, exclusive temporary file ``.NAME.RANDOM.tmp`` beside ``path``, created with mode
+    0666 so that the kernel applies the umask, as ``open()`` would (``mkstemp`` makes 0600 files,
+    and reading the umask costs a /proc read per write). Returns ``(fd, name)``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
 def fsync_folder(directory: str | os.PathLike) -> None:

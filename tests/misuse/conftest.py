@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import subprocess
-import types
 from pathlib import Path
 from typing import Callable
 
@@ -35,17 +34,17 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
     disk does (its temporary file beside the target is made, as on a real disk)."""
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
-    real = ahcl._io.tempfile.mkstemp
+    real = ahcl._io._create_temp
 
     def fill(pattern: str = "*") -> None:
-        def mkstemp(prefix: str = "", suffix: str = "", dir: str | None = None):
-            fd, name = real(prefix=prefix, suffix=suffix, dir=dir)
-            if fnmatch.fnmatch(prefix.strip("."), pattern):  # prefix is ".NAME."
+        def create_temp(path: Path) -> tuple[int, str]:
+            fd, name = real(path)
+            if fnmatch.fnmatch(path.name, pattern):
                 os.close(fd)
                 fd = os.open("/dev/full", os.O_WRONLY)
             return fd, name
 
-        monkeypatch.setattr(ahcl._io, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
+        monkeypatch.setattr(ahcl._io, "_create_temp", create_temp)
 
     return fill
 

@@ -34,9 +34,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ahcl._io import atomic_write_json
+from ahcl.cli.serve import SERVE_TORCH_THREADS
 from ahcl.index import HammingIndex
 from ahcl.run import load_run
 from ahcl.serve import Archive, ServeSettings, create_app
@@ -213,6 +215,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "archive.json"))
     args = parser.parse_args()
     os.environ.setdefault("AHCL_PROGRESS", "0")
+    torch.set_num_threads(SERVE_TORCH_THREADS)  # the servers run in this process, as `ahcl serve`
     cpu = cpu_info()
     print(f"CPU: {cpu['model']} ({cpu['cores']} cores), flags {cpu['flags']}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench_archive_", dir=os.environ.get("TMPDIR")) as tmp:

@@ -281,7 +281,8 @@ def test_page_docs_and_schema(api) -> None:
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {"/api/search", "/api/search/image", "/api/items",
                                     "/api/items/{item_id}", "/api/items/{item_id}/image",
-                                    "/api/classes", "/api/health", "/api/info"}
+                                    "/api/classes", "/api/health", "/api/info",
+                                    "/api/scenes", "/api/scenes/{number}/overview"}
     # One body type per endpoint, as FastAPI generates them (/api/search still takes uploads).
     assert set(schema["paths"]["/api/search"]["post"]["requestBody"]["content"]) == {
         "application/json"}

@@ -4,13 +4,17 @@ place a one-line 4xx that changes nothing."""
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from starlette.testclient import TestClient
 
 from ahcl.cli import main
+from ahcl.data.scenes import read_window
 from ahcl.serve import Archive, ServeSettings, create_app
 from tests.misuse.snapshot import snapshot
 from tests.serve.conftest import TOKEN, noise_png
@@ -202,3 +206,18 @@ def test_a_scene_gone_from_the_server_is_a_path_free_500(scenes, tiny_run_dir: P
     lon, lat = pixel_lonlat(10, 10)
     r = client.post("/api/search", json={"lon": lon, "lat": lat})
     assert r.status_code == 422 and str(tmp_path) not in detail_line(r)
+
+
+def test_a_tile_has_a_thumbnail_of_its_window(geo) -> None:
+    """Tiles have no file of their own: the thumbnail is the scene's window, read as indexed."""
+    client, mosaic, _ = geo
+    for k in (0, 4):
+        r = client.get(f"/api/items/{k}/image")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.float64)
+        want = read_window(mosaic, window_of(*reversed(divmod(k, 3)))).image
+        want.thumbnail((32, 32), Image.Resampling.BILINEAR)
+        assert got.shape == np.asarray(want).shape
+        assert np.abs(got - np.asarray(want, dtype=np.float64)).mean() < 4  # JPEG's loss only
+    other = np.asarray(Image.open(io.BytesIO(client.get("/api/items/1/image").content)))
+    assert np.abs(other.astype(float) - got).mean() > 4  # a different chip looks different

@@ -33,6 +33,9 @@ Rules:
   scene (:func:`read_window`) or the tile around a lon/lat point (:func:`lonlat_window`: the
   window centred on the point, shifted inside the scene near its edges), the tile size and the
   scenes searched for the point being those of an index's items (:class:`SceneCatalog`).
+* **Whole scenes**: :func:`scene_info` reads a scene's size, CRS and corner lon/lat from its
+  header; :func:`read_scaled` reads the whole scene downsampled by GDAL as it reads (what
+  :mod:`ahcl.data.overview` caches for the web page).
 
 Every bad input raises :class:`SceneError` with one line naming the file, before any tile is
 produced: missing file, not a GeoTIFF, corrupt or truncated file (checked from the TIFF block
@@ -55,7 +58,7 @@ import rasterio
 from PIL import Image
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
-from rasterio.enums import MaskFlags
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
@@ -154,11 +157,9 @@ class _Geo:
             raise SceneError(f"cannot use scene {name}: its CRS cannot be transformed to "
                              f"EPSG:4326 ({_one_line(exc)})", path=name) from None
 
-    def ring(self, window: PixelWindow, name: str) -> dict[str, Any]:
-        c0, r0, w, h = window
-        c1, r1 = c0 + w, r0 + h
-        corners = [(c0, r0), (c0, r1), (c1, r1), (c1, r0)]
-        xs, ys = zip(*(_apply(self.affine, col, row) for col, row in corners))
+    def lonlat(self, pixels: Sequence[tuple[float, float]], name: str) -> list[list[float]]:
+        """``[[lon, lat], ...]`` of (col, row) pixel positions of the scene."""
+        xs, ys = zip(*(_apply(self.affine, col, row) for col, row in pixels))
         try:
             lons, lats = self.to_lonlat.transform(xs, ys, errcheck=True)
         except ProjError as exc:
@@ -168,6 +169,12 @@ class _Geo:
         if not all(math.isfinite(v) for p in points for v in p):
             raise SceneError(f"cannot use scene {name}: its CRS cannot be transformed to "
                              "EPSG:4326 (corners map to non-finite lon/lat)", path=name)
+        return points
+
+    def ring(self, window: PixelWindow, name: str) -> dict[str, Any]:
+        c0, r0, w, h = window
+        c1, r1 = c0 + w, r0 + h
+        points = self.lonlat([(c0, r0), (c0, r1), (c1, r1), (c1, r0)], name)
         if _signed_area(points) < 0:  # a transform that flips an axis: make it CCW again
             points.reverse()
         return {"type": "Polygon", "coordinates": [points + [list(points[0])]]}
@@ -274,25 +281,26 @@ class _Scene:
         fraction = 1.0 if valid is None else float(valid.mean())
         if fraction < min_valid:
             return None
-        if valid is not None and not valid.all():
-            if array.dtype == np.uint8:
-                array = np.where(valid[:, :, None], array, 0).astype(np.uint8)
-            else:
-                array = np.where(valid[:, :, None], array.astype(np.float64), np.nan)
-        rgb = to_rgb_array(array, None, f"{self.name} window {list(window)}")
+        rgb = _rgb(array, valid, f"{self.name} window {list(window)}")
         geometry = self.geo.ring(window, self.name) if self.geo else None
         return Tile(Image.fromarray(rgb, "RGB"), self.name, window,
                     self.geo.crs if self.geo else None, geometry, fraction)
 
-    def read(self, window: PixelWindow) -> tuple[np.ndarray, np.ndarray | None]:
-        """The chosen bands of ``window`` as ``(H, W, 3)`` and the valid mask (None: all)."""
+    def read(self, window: PixelWindow, size: tuple[int, int] | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The chosen bands of ``window`` as ``(H, W, 3)`` and the valid mask (None: all);
+        with ``size`` = (width, height), resampled by GDAL to that size as it reads (the
+        average of the valid pixels; the scene's overviews are used when it has them)."""
         ds = self.dataset
         c0, r0, w, h = window
         win = Window(c0, r0, w, h)
         unique = sorted(set(self.bands))
+        shape = None if size is None else (len(unique), size[1], size[0])
+        how = Resampling.nearest if size is None else Resampling.average
         try:
-            data = ds.read(unique, window=win)
-            valid = None if self.all_valid else ds.read_masks(unique, window=win).any(axis=0)
+            data = ds.read(unique, window=win, out_shape=shape, resampling=how)
+            valid = None if self.all_valid else \
+                ds.read_masks(unique, window=win, out_shape=shape).any(axis=0)
         except RasterioError as exc:
             raise SceneError(f"cannot read scene {self.name} at window {list(window)}: corrupt "
                              f"or truncated ({_one_line(exc)})", path=self.name) from None
@@ -444,6 +452,75 @@ def read_window(path: str | os.PathLike, window: Sequence[int], *,
         scene.close()
 
 
+@dataclass(frozen=True)
+class SceneInfo:
+    """What a scene is, from its header (no pixels read).
+
+    Attributes:
+        path: the scene's path, as given.
+        width, height: its size in pixels.
+        crs: ``"EPSG:<code>"`` or WKT; None when ungeoreferenced.
+        corners: ``[lon, lat]`` (EPSG:4326) of the pixel corners (0, 0), (width, 0),
+            (width, height), (0, height): upper-left, upper-right, lower-right, lower-left of a
+            north-up scene; None when ungeoreferenced.
+    """
+
+    path: str
+    width: int
+    height: int
+    crs: str | None
+    corners: tuple[tuple[float, float], ...] | None
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float] | None:
+        """``(west, south, east, north)`` of the four corners (a projected scene's edges may
+        bulge a little past them; a scene across the antimeridian is not handled)."""
+        if self.corners is None:
+            return None
+        lons, lats = zip(*self.corners)
+        return min(lons), min(lats), max(lons), max(lats)
+
+
+def scene_info(path: str | os.PathLike) -> SceneInfo:
+    """The :class:`SceneInfo` of a scene (its header only).
+
+    Raises:
+        SceneError: the scene is missing, not a GeoTIFF, corrupt or truncated, or has a CRS
+            that cannot be transformed to EPSG:4326.
+    """
+    scene = _Scene(path, bands=(1, 1, 1), warn=False)
+    try:
+        w, h = scene.width, scene.height
+        corners = None if scene.geo is None else tuple(
+            (lon, lat) for lon, lat in scene.geo.lonlat([(0, 0), (w, 0), (w, h), (0, h)],
+                                                        scene.name))
+        return SceneInfo(scene.name, w, h, scene.geo.crs if scene.geo else None, corners)
+    finally:
+        scene.close()
+
+
+def read_scaled(path: str | os.PathLike, size: tuple[int, int], *,
+                bands: Sequence[int] | None = None) -> Image.Image:
+    """The whole scene as an RGB image of ``size`` = (width, height) pixels, resampled by GDAL
+    as it reads (:meth:`DatasetReader.read` with ``out_shape``: the average of the valid
+    pixels, from the scene's own overviews when it has them), so the scene is never held whole
+    at full resolution. The RGB rule is the tiles' (module doc), the stretch of non-``uint8``
+    data being over the scaled image.
+
+    Raises:
+        SceneError: the scene is unreadable or has no such bands.
+        InvalidValueError: ``size`` not two positive numbers of pixels.
+    """
+    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in size):
+        raise InvalidValueError("size", size, "(width, height), positive numbers of pixels")
+    scene = _Scene(path, bands, warn=False)
+    try:
+        array, valid = scene.read((0, 0, scene.width, scene.height), (int(size[0]), int(size[1])))
+        return Image.fromarray(_rgb(array, valid, f"{scene.name} overview"), "RGB")
+    finally:
+        scene.close()
+
+
 def locate_lonlat(paths: Sequence[str | os.PathLike], lon: float, lat: float,
                   tile: int = 256) -> tuple[str, PixelWindow]:
     """The first scene of ``paths`` that contains the point (``lon``, ``lat``, EPSG:4326), and
@@ -483,26 +560,31 @@ class SceneCatalog:
         georeferenced: those of them with footprints, same order.
         tile: the side in pixels of the items' windows (the most common, the smaller on a
             tie); None when no item has a square window.
+        counts: the number of items of each of ``scenes``, same order.
     """
 
     scenes: tuple[str, ...] = ()
     georeferenced: tuple[str, ...] = ()
     tile: int | None = None
+    counts: tuple[int, ...] = ()
 
 
 def scene_catalog(metas: Iterable[dict[str, Any] | None]) -> SceneCatalog:
     """The :class:`SceneCatalog` of items' meta (in id order; None: an item without meta)."""
     scenes: dict[str, bool] = {}
+    counts: Counter[str] = Counter()
     sides: Counter[int] = Counter()
     for meta in metas:
         if not meta or not isinstance(meta.get("scene"), str):
             continue
         name, window = meta["scene"], meta.get("window")
         scenes[name] = scenes.get(name, False) or bool(meta.get("geometry"))
+        counts[name] += 1
         if isinstance(window, list) and len(window) == 4 and window[2] == window[3]:
             sides[int(window[2])] += 1
     tile = min(sides, key=lambda side: (-sides[side], side)) if sides else None
-    return SceneCatalog(tuple(scenes), tuple(n for n, geo in scenes.items() if geo), tile)
+    return SceneCatalog(tuple(scenes), tuple(n for n, geo in scenes.items() if geo), tile,
+                        tuple(counts[n] for n in scenes))
 
 
 def place_tile(catalog: SceneCatalog, *, scene: str | os.PathLike | None = None,
@@ -537,6 +619,17 @@ def place_tile(catalog: SceneCatalog, *, scene: str | os.PathLike | None = None,
     else:
         found = lonlat_window(scene, lon, lat, catalog.tile)
     return read_window(scene, found, bands=bands)
+
+
+def _rgb(array: np.ndarray, valid: np.ndarray | None, what: str) -> np.ndarray:
+    """``uint8 (H, W, 3)`` of ``(H, W, 3)`` samples by the module's RGB rule: invalid pixels
+    are left out of the stretch and become 0."""
+    if valid is not None and not valid.all():
+        if array.dtype == np.uint8:
+            array = np.where(valid[:, :, None], array, 0).astype(np.uint8)
+        else:
+            array = np.where(valid[:, :, None], array.astype(np.float64), np.nan)
+    return to_rgb_array(array, None, what)
 
 
 def _check_lonlat(lon: float, lat: float) -> None:

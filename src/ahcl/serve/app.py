@@ -9,6 +9,8 @@ Endpoints (OpenAPI schema at ``/openapi.json``, rendered locally at ``/docs``)::
     GET    /api/items/{id}        one item
     DELETE /api/items/{id}        remove an item                                       [write]
     GET    /api/items/{id}/image  JPEG thumbnail (cached)
+    GET    /api/scenes            the scenes of an archive of GeoTIFF tiles (number, size, corners)
+    GET    /api/scenes/{n}/overview  JPEG overview of scene n (made once, cached)
     GET    /api/classes, /api/health, /api/info
 
 Safety: request bodies are counted as they arrive and cut off with 413 past
@@ -26,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ahcl.serve.middleware import BodyLimit, SearchUploadAlias
-from ahcl.serve.routes import items, pages, search, service
+from ahcl.serve.routes import items, pages, scenes, search, service
 from ahcl.serve.settings import ServeSettings
 from ahcl.serve.store import Archive, UnknownItemError
 from ahcl.serve.uploads import UploadError
@@ -44,7 +46,8 @@ def create_app(archive: Archive, settings: ServeSettings | None = None) -> FastA
                               "(deep hashing, Hamming distance).",
                   docs_url=None, redoc_url=None)  # /docs is served locally (no CDN assets)
     app.state.archive, app.state.settings = archive, settings or ServeSettings()
-    for router in (search.router, items.router, service.router, pages.pages_router()):
+    for router in (search.router, items.router, scenes.router, service.router,
+                   pages.pages_router()):
         app.include_router(router)
     app.add_exception_handler(UnknownItemError, _unknown_item)
     app.add_exception_handler(UploadError, _bad_upload)

@@ -33,6 +33,7 @@ from PIL import Image
 
 from ahcl._io import atomic_write_bytes, fsync_folder
 from ahcl.data.images import ImageReadError, load_rgb
+from ahcl.data.scenes import SceneError, read_window
 from ahcl.errors import AhclError, IndexFileError
 from ahcl.index import HammingIndex, Hit, search_results
 from ahcl.index import format as index_format
@@ -442,12 +443,9 @@ class Archive:
                 self._thumbs.move_to_end(item_id)
                 return hit
         _, meta = self._lookup(self._current(), item_id)
-        path = meta.get("path")
         try:
-            if not path:
-                raise ImageReadError("no image")
-            image = load_rgb(path)
-        except (ImageReadError, Image.DecompressionBombError):
+            image = _item_image(meta)
+        except (ImageReadError, SceneError, Image.DecompressionBombError):
             raise UnknownItemError(item_id, f"the image of item {item_id} is not available"
                                    ) from None
         image.thumbnail((self.thumb_size, self.thumb_size), Image.Resampling.BILINEAR)
@@ -475,3 +473,15 @@ class Archive:
                              if self._store is not None else {})}}
 
 
+def _item_image(meta: dict[str, Any]) -> Image.Image:
+    """An item's RGB image: its file, or for a tile of a scene (meta ``scene`` and ``window``)
+    that window of the scene, read as it was indexed.
+
+    Raises:
+        ImageReadError, SceneError: neither can be read.
+    """
+    if meta.get("scene") and meta.get("window"):
+        return read_window(meta["scene"], meta["window"]).image
+    if not meta.get("path"):
+        raise ImageReadError("no image")
+    return load_rgb(meta["path"])

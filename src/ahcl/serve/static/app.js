@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { classes: [], browse: null, queryLabel: -1, info: null };
+const state = { classes: [], browse: null, queryLabel: -1, info: null, tile: null, shown: 0 };
 
 function el(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -45,7 +45,8 @@ function card(item, onClick) {
 
 function showQuery(src, what, code) {
   $("query").hidden = false;
-  $("query-img").src = src;
+  $("query-img").hidden = !src;  // a place in a scene has no image of its own
+  if (src) $("query-img").src = src;
   $("query-what").textContent = what;
   $("query-code").textContent = code ? `code ${code.hex}` : "";
 }
@@ -58,6 +59,8 @@ function showHits(result) {
   for (const hit of result.hits) {
     const c = card(hit, (item) => searchById(item.id));
     c.classList.add("hit");
+    c.addEventListener("mouseenter", () => focusItem(hit.id, true));
+    c.addEventListener("mouseleave", () => focusItem(hit.id, false));
     if (label >= 0) c.classList.add(hit.label === label ? "match" : "miss");
     grid.append(c);
   }
@@ -72,6 +75,119 @@ function showHits(result) {
     p.hidden = !labelled;
   }
   status(`${result.hits.length} results`);
+  showScenes(result).catch((err) => status(`${result.hits.length} results; scenes not shown: ${err.message}`));
+}
+
+// Scene overviews (archives of GeoTIFF tiles): each scene with hits shown whole, with the hits'
+// footprints outlined and the query's marked. The outlines are drawn in an SVG whose viewBox is
+// the scene's pixels, laid over the overview image: a hit's pixel window is placed exactly
+// (scene pixel × the overview's scale), whatever size the image is shown at.
+const SVG_NS = "http://www.w3.org/2000/svg";  // a namespace name, never fetched
+
+function svgEl(tag, attrs = {}) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  return node;
+}
+
+async function showScenes(result) {
+  const box = $("scenes");
+  const shown = ++state.shown;  // a later search replaces this one's overviews
+  const hits = result.hits.map((h, i) => ({ ...h, rank: i + 1 })).filter((h) => h.place);
+  const query = result.query.place ?? null;
+  if (!hits.length && !query) { box.hidden = true; box.replaceChildren(); return; }
+  box.setAttribute("aria-busy", "true");  // the overviews shown are the last search's until then
+  const listing = await api("/api/scenes").catch((err) => { box.hidden = true; throw err; });
+  if (shown !== state.shown) return;
+  box.setAttribute("aria-busy", "false");
+  state.tile = listing.tile;
+  const numbers = [...new Set([...(query ? [query.scene] : []), ...hits.map((h) => h.place.scene)])];
+  box.replaceChildren(...numbers.map((n) => listing.scenes[n]).filter((sc) => sc && sc.overview)
+    .map((sc) => sceneFigure(sc, hits.filter((h) => h.place.scene === sc.scene),
+                             query && query.scene === sc.scene ? query : null)));
+  box.hidden = !box.children.length;
+}
+
+function footprint(pixels, className, title) {  // pixels: [col_off, row_off, width, height]
+  const [x, y, width, height] = pixels;
+  const rect = svgEl("rect", { x, y, width, height, class: className });
+  rect.append(svgEl("title"));
+  rect.firstChild.textContent = title;
+  return rect;
+}
+
+function focusItem(id, on) {  // a hit's card and footprint light up together
+  for (const node of document.querySelectorAll(`#results [data-id="${id}"], #scenes [data-id="${id}"]`)) node.classList.toggle("focus", on);
+}
+
+function sceneFigure(scene, hits, query) {
+  const { url, width, height } = scene.overview;
+  const img = el("img", { src: url, width, height, alt: `overview of scene ${scene.scene}` });
+  const svg = svgEl("svg", { viewBox: `0 0 ${scene.width} ${scene.height}`, preserveAspectRatio: "none" });
+  for (const hit of [...hits].reverse()) {  // the best hit drawn last: on top where tiles overlap
+    const rect = footprint(hit.place.window, "footprint hit", `#${hit.id} · d=${hit.distance} · rank ${hit.rank}`);
+    rect.dataset.id = hit.id;
+    rect.dataset.rank = hit.rank;
+    rect.addEventListener("click", (e) => { e.stopPropagation(); searchById(hit.id); });
+    rect.addEventListener("mouseenter", () => focusItem(hit.id, true));
+    rect.addEventListener("mouseleave", () => focusItem(hit.id, false));
+    svg.append(rect);
+  }
+  // the query on top (it takes no clicks: a click there searches from that place)
+  if (query) svg.append(footprint(query.window, "footprint query", "the query"));
+  const coords = el("output", { className: "coords", textContent: "point at the scene for coordinates; click to search from that place" });
+  svg.addEventListener("mousemove", (e) => { coords.textContent = coordsText(scene, sceneAt(scene, svg, e)); });
+  svg.addEventListener("click", (e) => searchPlace(scene, sceneAt(scene, svg, e)));
+  const crs = scene.crs === null ? "no georeferencing" : scene.crs.startsWith("EPSG:") ? scene.crs : "custom CRS";
+  const caption = `scene ${scene.scene} · ${scene.name} · ${scene.width} × ${scene.height} px · ${crs} · ${hits.length} of its ${scene.items} tiles among the results`;
+  const legend = `blue: the hits (click one to search from it)${query ? " · dashed red: the query" : ""}`;
+  const figure = el("figure", { className: "scene" }, [el("div", { className: "overview" }, [img, svg]),
+    el("figcaption", {}, [el("span", { textContent: caption }), el("br"),
+      el("span", { className: "muted", textContent: legend }), el("br"), coords])]);
+  figure.dataset.scene = scene.scene;
+  return figure;
+}
+
+function sceneAt(scene, svg, event) {  // the scene pixel position (col, row) under the mouse
+  const box = svg.getBoundingClientRect();
+  return [(event.clientX - box.left) / box.width * scene.width,
+          (event.clientY - box.top) / box.height * scene.height];
+}
+
+// lon/lat of a scene pixel position by bilinear interpolation of the corners' lon/lat: exact for
+// a scene in EPSG:4326 (its transform is affine), an approximation in a projected CRS (in UTM
+// about 2 m across a 10 km scene, 230 m across 100 km; the footprints themselves are exact).
+function lonlatAt(scene, [col, row]) {
+  const u = col / scene.width, v = row / scene.height;
+  const [ul, ur, lr, ll] = scene.corners;
+  const mix = (i) => (1 - u) * (1 - v) * ul[i] + u * (1 - v) * ur[i] + u * v * lr[i] + (1 - u) * v * ll[i];
+  return [mix(0), mix(1)];
+}
+
+function coordsText(scene, at) {
+  const pixel = `col ${Math.floor(at[0])}, row ${Math.floor(at[1])}`;
+  if (!scene.corners) return `${pixel} (no georeferencing)`;
+  const [lon, lat] = lonlatAt(scene, at);
+  return `lon ${lon.toFixed(5)}, lat ${lat.toFixed(5)} · ${pixel}`;
+}
+
+async function searchPlace(scene, [col, row]) {
+  const t = state.tile;
+  if (!t || t > scene.width || t > scene.height) return;
+  // the window whose centre is nearest the point, shifted inside the scene near its edges
+  const clamp = (v, size) => Math.min(Math.max(Math.round(v - t / 2), 0), size - t);
+  const tile = [clamp(col, scene.width), clamp(row, scene.height), t, t];
+  const what = `place: scene ${scene.scene} (${scene.name}), window [${tile.join(", ")}]`;
+  state.queryLabel = parseInt($("qclass").value, 10);
+  status(`searching from ${what}…`);
+  try {
+    const result = await api("/api/search", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ scene: scene.scene, window: tile, k: k() }),
+    });
+    showQuery(null, what, result.query.code);
+    showHits(result);
+  } catch (err) { status(`search failed: ${err.message}`); }
 }
 
 function k() { return Math.max(1, Math.min(1000, parseInt($("k").value, 10) || 12)); }
@@ -106,6 +222,8 @@ async function searchById(id) {
 
 async function browse(label, offset = 0) {
   state.browse = { label, offset };
+  state.shown += 1;  // browsing is not a search: no overviews
+  $("scenes").hidden = true;
   for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", Number(b.dataset.label) === label);
   try {
     const page = await api(`/api/items?label=${label}&offset=${offset}&limit=60`);

@@ -30,6 +30,7 @@ CPU model is never handed a path it lacks the instructions for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import threading
@@ -49,7 +50,13 @@ _UNSET = object()
 
 def target_features() -> frozenset[str]:
     """The CPU features numba's code generator targets (``+name`` entries of its feature string)."""
-    spec = numba.config.CPU_FEATURES
+    return _features(numba.config.CPU_FEATURES)
+
+
+@functools.lru_cache(maxsize=8)
+def _features(spec: str | None) -> frozenset[str]:
+    """:func:`target_features` of a feature string (``None``: the host's, asked of LLVM once per
+    process: it costs about 0.2 ms, as much as a small search)."""
     if spec is None:
         spec = llvm.get_host_cpu_features().flatten()
     return frozenset(f[1:] for f in spec.split(",") if f.startswith("+"))

@@ -9,8 +9,8 @@ additions into a large index, and searches while another client adds.
    items); each served by a real uvicorn server on 127.0.0.1. A single-image addition
    (``POST /api/items``: decode, encode, one fsynced log record) is timed ``--repeats`` times on
    each; the figure is the ratio of the medians (large / small) and the large archive's p50.
-3. Search p50 over HTTP (by id) on the large archive, alone and while one other client adds
-   continuously.
+3. Search p50 over HTTP (by id) on the large archive from a client process, alone and while
+   another client process adds continuously.
 4. ``--stream`` single additions through the API from ``--clients`` client processes into an index of
    ``--stream-n`` codes; wall time, then the index reopened from disk to check every
    acknowledged id is there.
@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -140,31 +139,37 @@ def single_additions(run: Path, root: Path, sizes: list[int], repeats: int) -> d
     return out
 
 
+def search_loop(url: str, picks: list[int]) -> list[float]:
+    """Searches by id, one after another from one connection: their times."""
+    client = Client(url)
+    for i in picks[:5]:
+        client.search(int(i))  # warm
+    return [client.search(int(i)) for i in picks]
+
+
+def add_until(url: str, stop_file: str, seed: int) -> list[int]:
+    """Additions one after another until ``stop_file`` exists: the ids."""
+    client, ids = Client(url), []
+    while not os.path.exists(stop_file):
+        ids += client.add(seed)[1]
+        seed += 1
+    return ids
+
+
 def search_while_adding(run: Path, root: Path, n: int, repeats: int) -> dict:
+    """Search p50 from a client process, alone and while another client process adds."""
     path = root / f"a{n}.index"
-    rng = np.random.default_rng(1)
-    with serve(path, run) as server:
-        searcher = Client(server.url)
-        picks = rng.integers(0, n, repeats)
-        for i in picks[:5]:
-            searcher.search(int(i))
-        alone = [searcher.search(int(i)) for i in picks]
-        stop = threading.Event()
-        added = []
-
-        def adder() -> None:
-            client = Client(server.url)
-            seed = 5 * 10**6
-            while not stop.is_set():
-                added.extend(client.add(seed)[1])
-                seed += 1
-
-        thread = threading.Thread(target=adder)
-        thread.start()
-        time.sleep(0.5)
-        busy = [searcher.search(int(i)) for i in picks]
-        stop.set()
-        thread.join()
+    picks = [int(i) for i in np.random.default_rng(1).integers(0, n, repeats)]
+    stop_file = str(root / "stop-adding")
+    with serve(path, run) as server, \
+            ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        list(pool.map(time.sleep, [1.0] * 2))  # both workers started before the clock
+        alone = pool.submit(search_loop, server.url, picks).result()
+        adding = pool.submit(add_until, server.url, stop_file, 5 * 10**6)
+        time.sleep(1.0)
+        busy = pool.submit(search_loop, server.url, picks).result()
+        Path(stop_file).touch()
+        added = adding.result()
     result = {"alone": ms(alone), "while_adding": ms(busy), "additions_meanwhile": len(added)}
     print(f"search by id over HTTP, {n:,} items: alone p50 {result['alone']['p50_ms']:.2f} ms, "
           f"while another client adds p50 {result['while_adding']['p50_ms']:.2f} ms "

@@ -14,11 +14,18 @@ from ahcl.cli._common import add_device_args, check_output_file, print_json, run
 from ahcl.data.folder import list_image_files
 from ahcl.data.images import ImageReadError
 from ahcl.errors import AhclError, UnknownNameError
+from ahcl.index import HammingIndex
+from ahcl.index import format as fmt
 from ahcl.index.lock import writing
 from ahcl.index.format import read_header
 from ahcl.index.store import IndexStore
-from ahcl.run import load_run
+from ahcl.run import Run, load_run
 from ahcl.sharded import encode_files_sharded
+
+
+MIH_HELP = ("also write multi-index hashing tables of the file beside it (INDEX.mih; several "
+            "times the codes' size, 410 MB for 10M 64-bit codes): searches with mih=True map "
+            "them at start instead of building them (plain indexes only)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Hamming index files: one checksummed file of packed codes, "
                                    "ids, labels and per-item metadata, plus a write-ahead log "
                                    "(INDEX.wal) of the additions and removals made since; "
-                                   "`compact` folds the log into the file.")
+                                   "`compact` folds the log into the file. With --mih, "
+                                   "multi-index hashing tables of the file are kept beside it "
+                                   "(INDEX.mih), so a start maps them instead of building them.")
     verbs = p.add_subparsers(dest="index_verb", metavar="SUBCOMMAND")
 
     info = verbs.add_parser("info", help="describe an index file")
@@ -59,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="--images: stop at an unreadable image instead of skipping it")
     build.add_argument("--part-size", type=int, default=4096, metavar="N",
                        help="images per unit of work and of crash recovery (default 4096)")
+    build.add_argument("--mih", action="store_true", help=MIH_HELP)
     build.add_argument("--json", action="store_true")
     add_device_args(build)
     build.set_defaults(func=build_cmd)
@@ -77,12 +87,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, func, summary, description in (
             ("compact", compact_cmd, "fold an index's log into its file",
              "Rewrite INDEX (atomically) to hold everything its log added or removed, and empty "
-             "the log. A file opened without its checksums is checked first."),
+             "the log. A file opened without its checksums is checked first. Multi-index "
+             "hashing tables (INDEX.mih) are rebuilt for the new file when there were some, or "
+             "with --mih."),
             ("verify", verify_cmd, "check every checksum of an index file and its log",
              "Read the whole index file and its log and check every CRC; exit 1 with one line "
              "naming the damage, 0 when all is well.")):
         verb = verbs.add_parser(name, help=summary, description=description)
         verb.add_argument("index", metavar="INDEX")
+        if name == "compact":
+            verb.add_argument("--mih", action="store_true", help=MIH_HELP)
         verb.add_argument("--json", action="store_true")
         verb.set_defaults(func=func)
     p.set_defaults(func=lambda args: p.print_help() or 2)
@@ -123,19 +137,35 @@ def build_cmd(args: argparse.Namespace) -> int:
         return _build_from_images(args)
     if args.scenes is not None:
         return _build_from_scenes(args)
-    run = load_run(args.run, **run_options(args))
+    run = _build_run(args)
     index = run.new_index()
     ids = index.add(run.db_codes, labels=run.db_labels,
                     meta=[{"path": str(p)} for p in run.db_paths])
-    with writing(args.out):
-        index.save(args.out)
+    _save(args, index)
     _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index)})
     return 0
 
 
+def _build_run(args: argparse.Namespace) -> Run:
+    """The run ``index build`` encodes with, checked against ``--mih`` before any encoding."""
+    run = load_run(args.run, **run_options(args))
+    index = run.new_index()
+    if args.mih and index.split:
+        raise AhclError(f"--mih: multi-index hashing does not apply to this run's split index "
+                        f"({index.semantic_bits} semantic + {index.instance_bits} instance bits, "
+                        "searched flat); leave --mih out")
+    return run
+
+
+def _save(args: argparse.Namespace, index: HammingIndex) -> None:
+    """Save a built index under the writer lock (its MIH tables too with ``--mih``)."""
+    with writing(args.out):
+        index.save(args.out, mih=True if args.mih else None)
+
+
 def _build_from_images(args: argparse.Namespace) -> int:
     dist.init_from_env()
-    run = load_run(args.run, **run_options(args))
+    run = _build_run(args)
     paths = list_image_files(args.images)
     shards = Path(f"{args.out}.shards")
     skipped: list[str] = []
@@ -161,8 +191,7 @@ def _build_from_images(args: argparse.Namespace) -> int:
         return 0
     index = run.new_index()
     ids = index.add(codes, meta=[{"path": p} for p in paths])
-    with writing(args.out):
-        index.save(args.out)
+    _save(args, index)
     shutil.rmtree(shards, ignore_errors=True)  # the index is saved: the parts are spent
     _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index),
                    "skipped": len(skipped), "processes": dist.world_size()})
@@ -192,14 +221,13 @@ def _build_from_scenes(args: argparse.Namespace) -> int:
         except ValueError:
             raise AhclError(f"--bands must be comma-separated band numbers, got {args.bands!r}"
                             ) from None
-    run = load_run(args.run, **run_options(args))
+    run = _build_run(args)
     codes, metas, counts = run.encode_scenes(_scene_files(args.scenes), tile=args.tile,
                                              stride=args.stride, bands=bands,
                                              min_valid=args.min_valid)
     index = run.new_index()
     ids = index.add(codes, meta=metas)
-    with writing(args.out):
-        index.save(args.out)
+    _save(args, index)
     _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index),
                    **counts})
     return 0
@@ -229,7 +257,7 @@ def add_cmd(args: argparse.Namespace) -> int:
 
 
 def compact_cmd(args: argparse.Namespace) -> int:
-    folded = IndexStore(args.index).compact()
+    folded = IndexStore(args.index, mih=args.mih).compact()
     result = {"index": str(args.index), "n": folded["items"],
               "log_records": folded["records"], "log_bytes": folded["bytes"]}
     if args.json:
@@ -251,6 +279,10 @@ def verify_cmd(args: argparse.Namespace) -> int:
                      "acknowledged) is dropped at the next write"
         if report["stale_log"]:
             extra += "; a log left from an earlier file is ignored"
+        if report["mih_tables"] in ("stale", "damaged"):
+            extra += f"; the MIH tables {fmt.tables_path(args.index)} are " \
+                     f"{report['mih_tables']}: they are " \
+                     "rebuilt at the next search that uses them"
         print(f"{args.index}: ok, {report['items']} items, {report['log_records']} log records"
               f"{extra}")
     return 0

@@ -30,6 +30,13 @@ and rename, so a crash leaves the previous file intact. The header has a fixed r
 written as a placeholder first and rewritten once the CRCs are known, so each section is streamed
 from its source (in-memory arrays or the old file's memory map) exactly once: re-saving after an
 append costs one sequential copy of the file at disk speed, never a full copy in RAM.
+
+Multi-index hashing tables (:mod:`ahcl.index.mih`) of a file ``X.index`` are kept beside it in
+``X.index.mih``, laid out the same way (magic ``b"AHCLMIH\\0"``, version 1; header JSON with
+``index_token``, the :func:`header_token` of the index file they were built from, ``n_bits``,
+``n``, the substring layout ``subs`` and the sections ``perms``, ``offsets``, ``codes``), written
+atomically and checked as the index file is (:func:`write_tables`, :func:`read_tables`). Tables
+with another ``index_token`` were built from an earlier file at that path: stale, never used.
 """
 
 from __future__ import annotations
@@ -57,6 +64,26 @@ VERIFY_LIMIT = 256 * 2**20
 _PREAMBLE = struct.Struct("<8sIIII")
 _CHUNK_BYTES = 32 * 2**20
 SECTIONS = ("codes", "ids", "labels", "meta_offsets", "meta_blob")
+TABLES_MAGIC = b"AHCLMIH\0"
+TABLES_VERSION = 1
+TABLES_SECTIONS = ("perms", "offsets", "codes")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of sectioned file: its magic and versions, what errors call it, how to fix one."""
+
+    what: str
+    magic: bytes
+    versions: tuple[int, ...]
+    fix: str
+    fix_version: str
+
+
+_INDEX = _Kind("index", MAGIC, VERSIONS, "rebuild or restore it",
+               "upgrade ahcl or rebuild the index")
+_TABLES = _Kind("MIH tables", TABLES_MAGIC, (TABLES_VERSION,), "they are rebuilt from the index",
+                "they are rebuilt from the index")
 
 
 @dataclass
@@ -117,19 +144,41 @@ def _aligned(x: int) -> int:
 
 def _layout(n: int, nbytes: int, blob_size: int) -> tuple[dict[str, dict], int]:
     """Section table (without CRCs) and total file size."""
-    specs = {
-        "codes": ("uint8", [n, nbytes], n * nbytes),
-        "ids": ("int64", [n], 8 * n),
-        "labels": ("int64", [n], 8 * n),
-        "meta_offsets": ("int64", [n + 1], 8 * (n + 1)),
-        "meta_blob": ("uint8", [blob_size], blob_size),
-    }
+    return _plan({"codes": ("uint8", [n, nbytes]), "ids": ("int64", [n]),
+                  "labels": ("int64", [n]), "meta_offsets": ("int64", [n + 1]),
+                  "meta_blob": ("uint8", [blob_size])})
+
+
+def _plan(specs: dict[str, tuple[str, list[int]]]) -> tuple[dict[str, dict], int]:
+    """Section table (without CRCs) of sections ``name: (dtype, shape)`` in that order, each on
+    an :data:`ALIGN` boundary after the reserved header, and the total file size."""
     table, offset = {}, 24 + HEADER_RESERVED
-    for name, (dtype, shape, size) in specs.items():
+    for name, (dtype, shape) in specs.items():
+        size = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
         offset = _aligned(offset)
         table[name] = {"offset": offset, "nbytes": size, "dtype": dtype, "shape": shape}
         offset += size
     return table, offset
+
+
+def _write_file(path: str | os.PathLike, magic: bytes, header: dict,
+                pieces: dict[str, Iterable[np.ndarray | bytes]]) -> bytes:
+    """Write a sectioned file atomically: a placeholder header, each section of
+    ``header["sections"]`` streamed from ``pieces[name]`` (its CRC recorded in the table), then
+    the real header. Returns the header's bytes (what :func:`header_token` digests)."""
+    with atomic_write(path, "wb") as f:
+        f.write(b"\0" * (24 + HEADER_RESERVED))  # placeholder; the real header comes last
+        for name, section in header["sections"].items():
+            _write_array(f, pieces[name], section)
+        f.truncate(header["file_size"])
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        if len(raw) > HEADER_RESERVED:
+            raise RuntimeError(f"{header['format']} header does not fit its reserved space")
+        raw = raw.ljust(HEADER_RESERVED, b" ")
+        f.seek(0)
+        f.write(_PREAMBLE.pack(magic, header["version"], len(raw), zlib.crc32(raw), 0))
+        f.write(raw)
+    return raw
 
 
 def _write_array(f: IO[bytes], pieces: Iterable[np.ndarray | bytes], section: dict) -> None:
@@ -182,25 +231,14 @@ def write_index(path: str | os.PathLike, n_bits: int, next_id: int, segments: li
                     start = int(ends[-1])
                 yield ends
 
-    with atomic_write(path, "wb") as f:
-        f.write(b"\0" * (24 + HEADER_RESERVED))  # placeholder; the real header comes last
-        _write_array(f, (s.codes for s in segments), table["codes"])
-        _write_array(f, (s.ids for s in segments), table["ids"])
-        _write_array(f, (s.labels for s in segments), table["labels"])
-        _write_array(f, offsets(), table["meta_offsets"])
-        _write_array(f, (b for chunks in metas for _, b in chunks), table["meta_blob"])
-        f.truncate(file_size)
-        header = {"format": "ahcl-hamming-index", "version": version, "n_bits": n_bits, "n": n,
-                  "next_id": next_id, "file_size": file_size, "sections": table}
-        if version >= 2:
-            header["semantic_bits"] = semantic_bits
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        if len(raw) > HEADER_RESERVED:
-            raise RuntimeError("index header does not fit its reserved space")
-        raw = raw.ljust(HEADER_RESERVED, b" ")
-        f.seek(0)
-        f.write(_PREAMBLE.pack(MAGIC, version, len(raw), zlib.crc32(raw), 0))
-        f.write(raw)
+    header = {"format": "ahcl-hamming-index", "version": version, "n_bits": n_bits, "n": n,
+              "next_id": next_id, "file_size": file_size, "sections": table}
+    if version >= 2:
+        header["semantic_bits"] = semantic_bits
+    raw = _write_file(path, MAGIC, header, {
+        "codes": (s.codes for s in segments), "ids": (s.ids for s in segments),
+        "labels": (s.labels for s in segments), "meta_offsets": offsets(),
+        "meta_blob": (b for chunks in metas for _, b in chunks)})
     return header_token(raw)
 
 
@@ -215,45 +253,57 @@ def read_header(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise _file_error(path, "no such index file (create one with `ahcl index build`)")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        pre = f.read(_PREAMBLE.size)
-        if len(pre) < _PREAMBLE.size:
-            raise _file_error(path, f"truncated index file ({size} bytes); rebuild or restore it")
-        magic, version, hlen, hcrc, _ = _PREAMBLE.unpack(pre)
-        if magic != MAGIC:
-            raise _file_error(path, "not an ahcl index file (bad magic)")
-        if version not in VERSIONS:
-            raise _file_error(path, f"index format version {version}, this ahcl reads "
-                                    f"{' and '.join(map(str, VERSIONS))}; upgrade ahcl or rebuild "
-                                    "the index")
-        raw = f.read(hlen)
-    if len(raw) < hlen:
-        raise _file_error(path, f"truncated index file ({size} bytes); rebuild or restore it")
-    if zlib.crc32(raw) != hcrc:
-        raise _file_error(path, "index header checksum mismatch (file corrupted); "
-                                "rebuild or restore it")
-    header = json.loads(raw)
-    header["token"] = header_token(raw)
-    if header.get("version") != version:
-        raise _file_error(path, f"index header says version {header.get('version')}, the file "
-                                f"{version}; rebuild or restore it")
-    if version == 1:
+    header, size = _read_head(path, _INDEX)
+    if header["version"] == 1:
         header["semantic_bits"] = header["n_bits"]
     n_bits, sem = header["n_bits"], header.get("semantic_bits")
     if not isinstance(sem, int) or isinstance(sem, bool) or sem % 8 or not 8 <= sem <= n_bits:
         raise _file_error(path, f"index header has semantic_bits {sem!r} for {n_bits}-bit codes "
                                 "(a multiple of 8 in 8..n_bits); rebuild or restore it")
+    _check_sizes(path, header, size, SECTIONS, _INDEX)
+    return header
+
+
+def _read_head(path: Path, kind: _Kind) -> tuple[dict, int]:
+    """The header of a sectioned file of ``kind`` (preamble, version and header CRC checked;
+    ``token`` added) and the file's size."""
+    size = path.stat().st_size
+    truncated = f"truncated {kind.what} file ({size} bytes); {kind.fix}"
+    with open(path, "rb") as f:
+        pre = f.read(_PREAMBLE.size)
+        if len(pre) < _PREAMBLE.size:
+            raise _file_error(path, truncated)
+        magic, version, hlen, hcrc, _ = _PREAMBLE.unpack(pre)
+        if magic != kind.magic:
+            raise _file_error(path, f"not an ahcl {kind.what} file (bad magic)")
+        if version not in kind.versions:
+            raise _file_error(path, f"{kind.what} format version {version}, this ahcl reads "
+                                    f"{' and '.join(map(str, kind.versions))}; "
+                                    f"{kind.fix_version}")
+        raw = f.read(hlen)
+    if len(raw) < hlen:
+        raise _file_error(path, truncated)
+    if zlib.crc32(raw) != hcrc:
+        raise _file_error(path, f"{kind.what} header checksum mismatch (file corrupted); "
+                                f"{kind.fix}")
+    header = json.loads(raw)
+    header["token"] = header_token(raw)
+    if header.get("version") != version:
+        raise _file_error(path, f"{kind.what} header says version {header.get('version')}, the "
+                                f"file {version}; {kind.fix}")
+    return header, size
+
+
+def _check_sizes(path: Path, header: dict, size: int, names: Iterable[str], kind: _Kind) -> None:
+    """The file is as long as its header says, and every section lies inside it."""
     if header["file_size"] != size:
         what = "truncated" if size < header["file_size"] else "has trailing bytes"
-        raise _file_error(path, f"index file {what} ({size} bytes, header says "
-                                f"{header['file_size']}); rebuild or restore it")
-    for name in SECTIONS:
+        raise _file_error(path, f"{kind.what} file {what} ({size} bytes, header says "
+                                f"{header['file_size']}); {kind.fix}")
+    for name in names:
         sec = header["sections"][name]
         if sec["offset"] + sec["nbytes"] > size:
-            raise _file_error(path, f"section {name} runs past the end of the file; "
-                                    "rebuild or restore it")
-    return header
+            raise _file_error(path, f"section {name} runs past the end of the file; {kind.fix}")
 
 
 def _section(path: Path, sec: dict, mmap: bool) -> np.ndarray:
@@ -299,17 +349,94 @@ def read_index(path: str | os.PathLike, mmap: bool = True,
     """
     path = Path(path)
     header = read_header(path)
-    if verify is None:
-        verify = not mmap or header["file_size"] <= VERIFY_LIMIT
-    arrays = {name: _section(path, header["sections"][name], mmap) for name in SECTIONS}
-    if verify:
-        for name, arr in arrays.items():
-            if _crc(arr) != header["sections"][name]["crc32"]:
-                raise _file_error(path, f"section {name} checksum mismatch (file corrupted); "
-                                        "rebuild or restore it")
+    arrays = _sections(path, header, SECTIONS, mmap, verify, _INDEX)
     n = header["n"]
     offsets = arrays["meta_offsets"]
     if offsets.shape != (n + 1,) or (n and int(offsets[-1]) != arrays["meta_blob"].shape[0]):
         raise _file_error(path, "inconsistent metadata section; rebuild or restore it")
     meta = (offsets, arrays["meta_blob"]) if arrays["meta_blob"].shape[0] else None
     return header, Segment(arrays["codes"], arrays["ids"], arrays["labels"], meta)
+
+
+def _sections(path: Path, header: dict, names: Iterable[str], mmap: bool, verify: bool | None,
+              kind: _Kind) -> dict[str, np.ndarray]:
+    """The sections ``names``, mapped or read; CRC-checked when ``verify`` (``None``: when not
+    ``mmap`` or the file is under :data:`VERIFY_LIMIT` bytes)."""
+    if verify is None:
+        verify = not mmap or header["file_size"] <= VERIFY_LIMIT
+    arrays = {name: _section(path, header["sections"][name], mmap) for name in names}
+    if verify:
+        _verify(path, header, arrays, kind)
+    header["verified"] = bool(verify)
+    return arrays
+
+
+def _verify(path: Path, header: dict, arrays: dict[str, np.ndarray], kind: _Kind) -> None:
+    for name, arr in arrays.items():
+        if _crc(arr) != header["sections"][name]["crc32"]:
+            raise _file_error(path, f"section {name} checksum mismatch (file corrupted); "
+                                    f"{kind.fix}")
+
+
+def tables_path(index_path: str | os.PathLike) -> Path:
+    """The MIH tables of an index file: ``X.index.mih`` beside ``X.index``."""
+    path = Path(index_path)
+    return path.with_name(path.name + ".mih")
+
+
+def write_tables(index_path: str | os.PathLike, token: str, n_bits: int, subs: np.ndarray,
+                 arrays: dict[str, np.ndarray]) -> None:
+    """Write MIH tables for the index file whose :func:`header_token` is ``token``, atomically.
+
+    Args:
+        subs: ``int64 (m, 3)`` substring layout.
+        arrays: the :data:`TABLES_SECTIONS` arrays (``perms int32 (m, n)``, ``offsets int32``,
+            ``codes uint64``), C-contiguous.
+    """
+    specs = {name: (arrays[name].dtype.name, list(arrays[name].shape)) for name in TABLES_SECTIONS}
+    table, file_size = _plan(specs)
+    header = {"format": "ahcl-mih-tables", "version": TABLES_VERSION, "index_token": token,
+              "n_bits": int(n_bits), "n": int(arrays["perms"].shape[1]),
+              "subs": np.asarray(subs).tolist(), "file_size": file_size, "sections": table}
+    _write_file(tables_path(index_path), TABLES_MAGIC, header,
+                {name: (arrays[name],) for name in TABLES_SECTIONS})
+
+
+def read_tables(index_path: str | os.PathLike, token: str, *, mmap: bool = True,
+                verify: bool | None = None) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """The MIH tables beside an index file, if they were built from the file ``token``.
+
+    Args:
+        mmap, verify: as in :func:`read_index` (``verify=None``: CRCs checked unless mapping
+            tables over :data:`VERIFY_LIMIT` bytes).
+
+    Returns:
+        ``(header, arrays)`` (``header["verified"]``: whether the CRCs were checked), or
+        ``None``: there are none, or they were built from another index file (``index_token``
+        is not ``token``: stale).
+
+    Raises:
+        IndexFileError: the tables file is damaged: truncated, bad header, failed CRC.
+    """
+    path = tables_path(index_path)
+    if not path.is_file():
+        return None
+    header, size = _read_head(path, _TABLES)
+    if header.get("index_token") != token:
+        return None
+    if not isinstance(header.get("sections"), dict) or set(header["sections"]) != \
+            set(TABLES_SECTIONS):
+        raise _file_error(path, f"MIH tables header lacks its sections; {_TABLES.fix}")
+    _check_sizes(path, header, size, TABLES_SECTIONS, _TABLES)
+    return header, _sections(path, header, TABLES_SECTIONS, mmap, verify, _TABLES)
+
+
+def verify_tables(index_path: str | os.PathLike, header: dict,
+                  arrays: dict[str, np.ndarray]) -> None:
+    """Check the CRCs of tables :func:`read_tables` gave without (the arrays in hand, so a file
+    replaced since does not stand in for them).
+
+    Raises:
+        IndexFileError: a section's CRC does not match.
+    """
+    _verify(tables_path(index_path), header, arrays, _TABLES)

@@ -8,8 +8,15 @@ Storage is a list of segments (the file the index was loaded from, memory-mapped
 per ``add``), so adding to a loaded 100M-code index never copies it into RAM; the scan carries each
 query's top-k state from one segment to the next. ``remove`` rewrites only the segments it touches.
 Ids are any unique int64; storage order does not matter because ties are broken on the ids
-themselves. Multi-index hashing (:mod:`ahcl.index.mih`) needs the rows in one block: building it
-merges the segments in memory.
+themselves.
+
+Multi-index hashing (:mod:`ahcl.index.mih`, ``mih=True``) keeps tables per segment: the file's
+rows use the tables saved beside the file (``X.index.mih``, mapped at the first search; built and
+saved there when missing, stale or damaged); the rows added since are scanned flat while they are
+at most :data:`MIH_FLAT_SHARE` of the rows with tables, then merged into one in-memory segment
+with tables of its own. Each query's top-k of every part are merged by ``(distance, id)``, so
+results are those of the flat scan. A removal marks the rows removed in the tables it touches
+(no rebuild; tables mostly of removed rows are dropped and rebuilt).
 
 Split indexes (``semantic_bits`` given): a code is a class-level part (its first
 ``semantic_bits`` bits) and an instance-level part (the rest); results are exact and ordered by
@@ -25,7 +32,10 @@ from the database (:meth:`HammingIndex._seed_bounds`), checked afterwards, so it
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,7 +45,7 @@ from ahcl.index import format as fmt
 from ahcl.index import kernels, lexicographic, planes, selection, simd, wal
 from ahcl.index.columns import Column
 from ahcl.index.hits import Hit, hits_from_rows
-from ahcl.index.mih import MultiIndexHash
+from ahcl.index.mih import MultiIndexHash, TablesFile, write_tables
 from ahcl.index.packing import as_packed
 
 
@@ -47,6 +57,11 @@ RANGE_ROOM_TOTAL = 1 << 22  # and for all queries together
 #: Rows of the in-memory segment that small additions are merged into; past it they start a new
 #: one. Bounds both the copy one addition costs and the number of segments a scan walks.
 TAIL_ROWS = 16384
+#: With ``mih``, rows without tables (added since the tables were built) are scanned flat while
+#: they are at most this share of the rows with tables; past it they get tables of their own. On
+#: clustered codes, where MIH pays, an MIH search of 10M codes costs what a flat scan of 1/30 of
+#: them does (README, "Index speed"): the flat part stays below that.
+MIH_FLAT_SHARE = 1 / 64
 
 
 #: Most bytes of padding (results beyond the items indexed) a search may allocate: a k far above
@@ -76,10 +91,11 @@ class HammingIndex:
             class-level part, the other ``n_bits - semantic_bits`` its instance-level part, and
             searches order by ``(semantic distance, instance distance, id)``. A multiple of 8,
             ``8 <= semantic_bits <= n_bits``; ``None`` or ``n_bits``: a plain index.
-        mih: keep multi-index hashing tables and use them for :meth:`search` (rebuilt lazily
-            after changes). Adds about ``4 n m`` bytes (see :mod:`ahcl.index.mih`). A split
-            index accepts it but builds no tables and scans flat (MIH prunes by the whole
-            distance, not by the lexicographic order).
+        mih: keep multi-index hashing tables and use them for :meth:`search` (built or opened
+            at the first search; see the module docstring for what changes cost). Adds about
+            ``n m (4 + n_bits / 8)`` bytes (see :mod:`ahcl.index.mih`). A split index accepts it
+            but builds no tables and scans flat (MIH prunes by the whole distance, not by the
+            lexicographic order).
         threads: kernel threads of each call (``None``: the calling thread's numba setting, all
             cores by default). Scoped to the calling thread and the call
             (:func:`ahcl.index.kernels.thread_limit`): indexes with different ``threads`` can be
@@ -107,8 +123,7 @@ class HammingIndex:
         self._next_id = 0
         self._version = 0  # bumped on every change; cached views check it
         self._cache: dict[str, Any] = {}
-        self._mih: MultiIndexHash | None = None
-        self._mih_version = -1
+        self._mih_width: int | None = None  # substring width asked of build_mih
 
     # ------------------------------------------------------------------ size and bookkeeping
     def __len__(self) -> int:
@@ -245,7 +260,8 @@ class HammingIndex:
             and (n_before == 0 or int(new_ids[0]) > int(self.ids[-1]))
         last = self._segments[-1] if self._segments else None
         if last is not None and len(last) + n <= TAIL_ROWS \
-                and not isinstance(last.codes, np.memmap) and not isinstance(last.meta, tuple):
+                and not isinstance(last.codes, np.memmap) and not isinstance(last.meta, tuple) \
+                and not (self.mih and "mih file" in last.cache):  # its tables stay its own
             meta = None
             if last.meta is not None or items is not None:
                 meta = (last.meta if last.meta is not None else [None] * len(last)) \
@@ -295,26 +311,46 @@ class HammingIndex:
                 meta = seg.meta
                 if meta is not None:
                     meta = [seg.meta_at(int(i)) for i in np.flatnonzero(keep)]
-                kept.append(fmt.Segment(np.ascontiguousarray(seg.codes[keep]), seg.ids[keep],
-                                        seg.labels[keep], meta))
+                rest = fmt.Segment(np.ascontiguousarray(seg.codes[keep]), seg.ids[keep],
+                                   seg.labels[keep], meta)
+                self._derive_tables(seg, rest, np.flatnonzero(hit))
+                kept.append(rest)
         if removed:
             self._segments = kept
             self._ids_col = self._labels_col = None
             self._changed()
         return removed
 
-    def _merge_segments(self) -> None:
-        """Merge all segments into one in-memory block (what MIH needs)."""
-        if len(self._segments) <= 1:
+    def _derive_tables(self, old: fmt.Segment, new: fmt.Segment, gone: np.ndarray) -> None:
+        """Give ``new`` (``old`` without its rows ``gone``) the MIH tables of ``old`` with those
+        rows marked removed: a removal costs no rebuild. The file's tables are opened for it
+        when they are there (``O(1)``), never built."""
+        source = old.cache.get("mih file")
+        if source is not None and "mih" not in old.cache and self.mih and not self.split \
+                and len(old) == source.n and source.state == "unopened":
+            tables = source.open(self.n_bits)
+            if tables is not None:
+                old.cache["mih"] = (tables, np.asarray(old.ids))
+        have = old.cache.get("mih")
+        if have is None or (source is not None and source.state == "damaged"):
             return
-        segs = self._segments
+        new.cache["mih"] = (have[0].without(gone), have[1])
+        if source is not None:
+            new.cache["mih file"] = source
+
+    def _merge_segments(self, first: int = 0) -> None:
+        """Merge the segments from ``first`` on into one in-memory block (what MIH tables are
+        built on)."""
+        if len(self._segments) - first <= 1:
+            return
+        segs = self._segments[first:]
         meta = None
         if any(s.meta is not None for s in segs):
             meta = [s.meta_at(i) for s in segs for i in range(len(s))]
         merged = fmt.Segment(np.concatenate([s.codes for s in segs]),
                              np.concatenate([s.ids for s in segs]),
                              np.concatenate([s.labels for s in segs]), meta)
-        self._segments = [merged]
+        self._segments = self._segments[:first] + [merged]
         self._cache.clear()  # same content, new arrays; positions are unchanged
 
     # ------------------------------------------------------------------ kernels' views
@@ -353,22 +389,87 @@ class HammingIndex:
     def build_mih(self, width: int | None = None) -> "HammingIndex":
         """Build multi-index hashing tables now (and keep them up to date); returns ``self``.
 
+        The rows of the file the index was loaded from use the tables saved beside it when they
+        fit ``width`` (else they are built and saved); all other rows get tables built afresh.
         A split index only records the wish: it builds no tables and scans flat."""
         self.mih = True
+        self._mih_width = width
         if self.split:
             return self
-        self._merge_segments()
-        words = self._segment_words()
-        db = words[0] if words else np.zeros(0, dtype=np.uint64)
         with kernels.thread_limit(self.threads):
-            self._mih = MultiIndexHash(db, self.n_bits, width)
-        self._mih_version = self._version
+            self._mih_plan(rebuild=True)
         return self
 
     @property
     def mih_nbytes(self) -> int:
-        """Bytes of memory the MIH tables add (0 when not built)."""
-        return self._mih.nbytes if self._mih is not None else 0
+        """Bytes of memory the MIH tables add, mapped ones included (0 when not built)."""
+        return sum(s.cache["mih"][0].nbytes for s in self._segments if "mih" in s.cache)
+
+    def _mih_plan(self, rebuild: bool = False
+                  ) -> tuple[list[tuple[int, fmt.Segment, MultiIndexHash, np.ndarray]],
+                             list[tuple[int, fmt.Segment]]]:
+        """Tables for the segments that are to have them: the file's (:meth:`_file_tables`),
+        and one merged segment of all the others once their rows without tables pass
+        :data:`MIH_FLAT_SHARE` of the rows with (at once with ``rebuild``).
+
+        Returns:
+            ``(tabled, flat)`` in storage order: ``(start, segment, tables, ids of the table
+            rows)`` and ``(start, segment)``, ``start`` the segment's first storage position.
+        """
+        for seg in self._segments:  # tables mostly of removed rows: cheaper rebuilt
+            have = seg.cache.get("mih")
+            if have is not None and 2 * have[0].n_live < have[0].n:
+                seg.cache.pop("mih")
+                seg.cache.pop("mih file", None)
+        keep = int(bool(self._segments) and "mih file" in self._segments[0].cache
+                   and self._file_tables(self._segments[0]))
+        with_tables = sum(len(s) for s in self._segments if "mih" in s.cache)
+        if len(self._segments) > keep and (
+                rebuild or len(self) - with_tables > MIH_FLAT_SHARE * with_tables):
+            self._merge_segments(keep)
+            seg = self._segments[keep]
+            seg.cache["mih"] = (MultiIndexHash(self._segment_words()[keep], self.n_bits,
+                                               self._mih_width), np.asarray(seg.ids))
+        tabled, flat, start = [], [], 0
+        for seg in self._segments:
+            have = seg.cache.get("mih")
+            if have is None:
+                flat.append((start, seg))
+            else:
+                tabled.append((start, seg, *have))
+            start += len(seg)
+        return tabled, flat
+
+    def _file_tables(self, seg: fmt.Segment) -> bool:
+        """Give the segment read from the index file its MIH tables: those saved beside the
+        file (mapped), else built and saved there for the next start. Returns False, leaving
+        the segment as any other, where the file's tables no longer apply (rows were removed
+        since, and its tables are damaged or of another width)."""
+        source: TablesFile = seg.cache["mih file"]
+        width = self._mih_width
+        have = seg.cache.get("mih")
+        if have is not None and source.state != "damaged" \
+                and (width is None or have[0].matches(self.n_bits, width)):
+            return True
+        seg.cache.pop("mih", None)
+        if len(seg) != source.n:
+            seg.cache.pop("mih file")
+            return False
+        tables = source.open(self.n_bits) if source.state == "unopened" else None
+        if source.state == "damaged":  # a fresh record; segments derived before keep the old
+            source = seg.cache["mih file"] = dataclasses.replace(source, state="unopened")
+        if tables is None or (width is not None and not tables.matches(self.n_bits, width)):
+            words = _segment_cached(seg, "words", lambda: self._words(seg.codes))
+            tables = MultiIndexHash(words, self.n_bits, width)
+            source.save(tables)
+        seg.cache["mih"] = (tables, np.asarray(seg.ids))
+        return True
+
+    def _check_mih_file(self) -> bool:
+        """Check the CRCs of the file's MIH tables if they were mapped without (see
+        :meth:`ahcl.index.mih.TablesFile.check`); returns whether they are sound."""
+        source = self._segments[0].cache.get("mih file") if self._segments else None
+        return source is None or source.check()
 
     # ------------------------------------------------------------------ search
     def search(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -438,20 +539,51 @@ class HammingIndex:
         q = self._queries(query_codes)
         nq = q.shape[0]
         k = self._check_k(k, nq)
-        out_d = np.empty((nq, k), dtype=np.int32)
-        out_p = np.empty((nq, k), dtype=np.int64)
-        out_i = np.empty((nq, k), dtype=np.int64)
-        todo = np.arange(nq)
+        if not nq:
+            return (np.empty((0, k), dtype=np.int32), np.empty((0, k), dtype=np.int64),
+                    np.empty((0, k), dtype=np.int64))
         with kernels.thread_limit(self.threads):
-            if self.mih and len(self) and nq:
-                if self._mih is None or self._mih_version != self._version:
-                    self.build_mih()
-                done = self._mih.search(q, self.ids, k, out_d, out_p, out_i)
-                todo = np.flatnonzero(~done)
-            if todo.shape[0]:
-                d, p, i = self._flat(q[todo], k)
-                out_d[todo], out_p[todo], out_i[todo] = d, p, i
-        return out_d, out_p, out_i
+            if self.mih and len(self):
+                return self._mih_search(q, k)
+            return self._flat(q, k)
+
+    def _mih_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_search` by the MIH tables of the segments that have them and a flat scan of
+        the others (:meth:`_mih_plan`), each query's lists merged by ``(distance, id)``. Where
+        a table gives up on a query (over its work budget) that segment alone is scanned flat
+        for it."""
+        tabled, flat = self._mih_plan()
+        nq = q.shape[0]
+        parts = []
+        for start, seg, tables, ids in tabled:
+            d = np.empty((nq, k), dtype=np.int32)
+            p = np.empty((nq, k), dtype=np.int64)
+            i = np.empty((nq, k), dtype=np.int64)
+            done = tables.search(q, ids, k, d, p, i)
+            real = (p >= 0) & done[:, None]
+            p[real] = tables.live_positions(p[real]) + start
+            missed = np.flatnonzero(~done)
+            if missed.shape[0]:
+                d[missed], p[missed], i[missed] = self._flat_over([(start, seg)], q[missed], k)
+            parts.append((d, p, i))
+        if flat:
+            parts.append(self._flat_over(flat, q, k))
+        return _merge_topk(k, parts)
+
+    def _flat_over(self, segments: list[tuple[int, fmt.Segment]], q: np.ndarray, k: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_flat` over some segments only (``(start, segment)``), storage positions."""
+        view = self.copy()
+        view._segments = [seg for _, seg in segments]
+        view._ids_col = view._labels_col = None
+        view._cache = {}
+        d, p, i = view._flat(q, k)
+        starts = np.array([start for start, _ in segments], dtype=np.int64)
+        local = np.cumsum([0] + [len(seg) for _, seg in segments])
+        real = p >= 0
+        part = np.searchsorted(local, p[real], side="right") - 1
+        p[real] += starts[part] - local[part]
+        return d, p, i
 
     def _flat(self, q: np.ndarray, k_out: int, seed: bool = True
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -728,13 +860,31 @@ class HammingIndex:
         return [self._segments[s].meta_at(int(i)) for s, i in zip(seg, local)]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> str:
+    def save(self, path: str | os.PathLike, *, mih: bool | None = None) -> str:
         """Write the index to one file, atomically (format: :mod:`ahcl.index.format`), and
         remove the write-ahead log of an earlier file at ``path`` (this file holds what the
-        index holds). Returns the file's token (:func:`ahcl.index.format.header_token`)."""
+        index holds). Returns the file's token (:func:`ahcl.index.format.header_token`).
+
+        Args:
+            mih: also build multi-index hashing tables of the file and save them beside it
+                (``X.index.mih``, atomically), so the next start maps them instead of building
+                them; ``None``: when the index uses them (``mih=True``) or an earlier file at
+                ``path`` had them. Otherwise an earlier file's tables are removed. A split or
+                empty index has none.
+        """
         token = fmt.write_index(path, self.n_bits, self._next_id, self._segments,
                                 semantic_bits=self.semantic_bits)
         wal.discard(path)
+        if mih is None:
+            mih = self.mih or fmt.tables_path(path).exists()
+        if mih and not self.split and len(self):
+            _, seg = fmt.read_index(path, mmap=True, verify=False)  # the rows as saved, in order
+            with kernels.thread_limit(self.threads):
+                tables = MultiIndexHash(self._words(seg.codes), self.n_bits, self._mih_width)
+            write_tables(path, token, tables)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                fmt.tables_path(path).unlink()
         return token
 
     @classmethod
@@ -748,7 +898,9 @@ class HammingIndex:
             verify: check section checksums; ``None``: unless memory-mapping a file over
                 :data:`ahcl.index.format.VERIFY_LIMIT` (sizes are always checked).
             mih, threads: as in the constructor (``semantic_bits`` comes from the file; files of
-                format version 1 hold plain indexes).
+                format version 1 hold plain indexes). With ``mih``, the first search maps the
+                tables saved beside the file (``X.index.mih``; their CRCs checked as ``mmap`` and
+                ``verify`` say for the file), or builds them and saves them there.
 
         Raises:
             IndexFileError: missing, truncated, corrupted or of another format version.
@@ -771,6 +923,8 @@ class HammingIndex:
                     threads=threads)
         index._next_id = int(header["next_id"])
         if len(segment):
+            segment.cache["mih file"] = TablesFile(Path(path), header["token"], len(segment),
+                                                   mmap, verify)
             index._segments.append(segment)
         index._replay(log.records, path)
         return index, header, log
@@ -802,6 +956,18 @@ class HammingIndex:
                 flush()
                 self.remove(record.ids)
         flush()
+
+
+def _merge_topk(k: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                ) -> tuple[np.ndarray, ...]:
+    """The ``k`` best of several exact top-k lists ``(D, P, I)`` (each ``(nq, k)``) by
+    ``(distance, id)``: exact, as each part holds every row of its own top-k (padding, at
+    ``n_bits + 1``, sorts last)."""
+    if len(parts) == 1:
+        return parts[0]
+    d, p, i = (np.concatenate(column, axis=1) for column in zip(*parts))
+    order = np.lexsort((i, d), axis=-1)[:, :k]
+    return tuple(np.take_along_axis(x, order, axis=1) for x in (d, p, i))
 
 
 def _pad(k_out: int, *columns: tuple[np.ndarray, int]) -> tuple[np.ndarray, ...]:

@@ -20,6 +20,16 @@ A query whose work (buckets probed + candidates) passes ``budget`` (a fraction o
 returns ``False`` so the caller scans it flat instead: MIH never costs much more than a scan, even
 on data it does not suit.
 
+Removed rows stay in the tables, listed in ``dead`` (sorted table rows, checked by binary search
+on each candidate within the bound), so a removal costs no rebuild; positions are renumbered to
+the live rows on the way out (:meth:`MultiIndexHash.live_positions`). Tables made from arrays read
+back from a file (:meth:`MultiIndexHash.from_arrays`, :mod:`ahcl.index.format`) may be
+unverified: the kernel clamps bucket bounds and row numbers, so damaged tables give wrong
+answers until checked, never out-of-bounds reads.
+
+Tables of an index file are kept beside it (:class:`TablesFile`, ``X.index.mih``, laid out by
+:mod:`ahcl.index.format`), so a start maps them instead of building them.
+
 Memory added: ``m`` tables of ``n (4 + n_bits / 8)`` bytes (int32 row numbers and the code copy)
 plus ``4 * 2**s`` bytes of bucket offsets each (``s`` = substring width, about ``log2 n``, at most
 24): for 10M 64-bit codes, ``m = 3``, ``s = 22``, ~410 MB beside 80 MB of codes.
@@ -27,15 +37,23 @@ plus ``4 * 2**s`` bytes of bucket offsets each (``s`` = substring width, about `
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
 
+from ahcl.errors import AhclError, IndexFileError
+from ahcl.index import format as fmt
 from ahcl.index.intrinsics import cttz64, vp_mask64
 from ahcl.index.intrinsics import popcount64 as _popcount64
 from ahcl.index.kernels import GROUP, row_distance
+from ahcl.index.lock import writing
 from ahcl.index.selection import compact, finish_one
+
+log = logging.getLogger(__name__)
 
 
 def plan_substrings(n_bits: int, n: int, width: int | None = None) -> np.ndarray:
@@ -103,8 +121,18 @@ def _bucket_mask(q, rows, w, n, lo, hi, t):
     return m
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _is_dead(dead, j):
+    """Whether table row ``j`` is in the sorted ``dead`` rows."""
+    if dead.shape[0] == 0:
+        return False
+    r = np.searchsorted(dead, j)
+    return r < dead.shape[0] and dead[r] == j
+
+
 @njit(cache=True, nogil=True)
-def _search_one(q, w, ids, subs, perms, offsets, codes, k, n_bits, budget, out_d, out_p, out_i):
+def _search_one(q, w, ids, dead, subs, perms, offsets, codes, k, n_bits, budget, out_d, out_p,
+                out_i):
     """Exact top-k of one query; returns False (outputs untouched) when over budget."""
     m = subs.shape[0]
     n = perms.shape[1]
@@ -130,7 +158,8 @@ def _search_one(q, w, ids, subs, perms, offsets, codes, k, n_bits, budget, out_d
             mask = (np.int64(1) << rho) - 1  # Gosper's hack: every width-bit mask with rho ones
             while mask < full:
                 key = qkeys[t] ^ mask
-                lo, hi = offsets[t, key], offsets[t, key + 1]
+                lo = min(max(np.int64(offsets[t, key]), 0), n)
+                hi = min(max(np.int64(offsets[t, key + 1]), lo), n)
                 work += 1 + hi - lo
                 rows = codes[t]
                 for g in range(lo, hi, GROUP):
@@ -144,10 +173,10 @@ def _search_one(q, w, ids, subs, perms, offsets, codes, k, n_bits, budget, out_d
                             sub_d[u] = _popcount64(x & np.uint64((1 << subs[u, 2]) - 1))
                             if sub_d[u] < rho or (u < t and sub_d[u] == rho):
                                 dup = True
-                        if dup:
+                        j = np.int64(perms[t, e])
+                        if dup or j < 0 or j >= n or _is_dead(dead, j):
                             continue
                         d = row_distance(q, rows, w, e)
-                        j = perms[t, e]
                         if d < bound[0] or (d == bound[0] and ids[j] < bound[1]):
                             if cnt == cap:
                                 cnt = compact(k, n_bits, cnt, bd, bp, ids, bound, hist)
@@ -175,14 +204,32 @@ def _search_one(q, w, ids, subs, perms, offsets, codes, k, n_bits, budget, out_d
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def mih_search(queries, ids, subs, perms, offsets, codes, k, n_bits, budget, out_d, out_p, out_i):
+def mih_search(queries, ids, dead, subs, perms, offsets, codes, k, n_bits, budget, out_d, out_p,
+               out_i):
     """:func:`_search_one` for every query; returns ``bool (nq,)``, False where over budget."""
     nq, w = queries.shape
     done = np.zeros(nq, dtype=np.bool_)
     for qi in prange(nq):
-        done[qi] = _search_one(queries[qi], w, ids, subs, perms, offsets, codes, k, n_bits,
+        done[qi] = _search_one(queries[qi], w, ids, dead, subs, perms, offsets, codes, k, n_bits,
                                budget, out_d[qi], out_p[qi], out_i[qi])
     return done
+
+
+def check_substrings(subs: np.ndarray, n_bits: int) -> None:
+    """Raise ``ValueError`` unless ``subs`` (``int64 (m, 3)``) covers each of the ``n_bits`` bits
+    once, each substring inside one word and at most 24 bits wide (what the kernels assume)."""
+    subs = np.asarray(subs)
+    words = (n_bits + 63) // 64
+    if subs.ndim != 2 or subs.shape[1] != 3 or not subs.shape[0]:
+        raise ValueError(f"substring layout of shape {subs.shape}, expected (m, 3)")
+    covered = np.zeros(words * 64, dtype=np.int64)
+    for word, shift, width in subs.tolist():
+        if not (0 <= word < words and 0 < width <= 24 and 0 <= shift and shift + width <= 64):
+            raise ValueError(f"substring (word {word}, shift {shift}, width {width}) does not fit "
+                             f"{n_bits}-bit codes")
+        covered[64 * word + shift:64 * word + shift + width] += 1
+    if covered[:n_bits].tolist() != [1] * n_bits or covered[n_bits:].any():
+        raise ValueError(f"substrings do not cover each of the {n_bits} bits once")
 
 
 class MultiIndexHash:
@@ -192,7 +239,14 @@ class MultiIndexHash:
         db: ``uint64 (n * W,)`` flat rows (copied into the tables in bucket order).
         n_bits: code length.
         width: substring width (default about ``log2 n``).
+
+    Attributes:
+        subs, perms, offsets, codes: the tables (see :func:`_build`); :data:`ARRAYS` names the
+            three arrays, as :mod:`ahcl.index.format` stores them.
+        dead: ``int64 (r,)`` sorted rows of the tables removed since (see the module docstring).
     """
+
+    ARRAYS = ("perms", "offsets", "codes")
 
     def __init__(self, db: np.ndarray, n_bits: int, width: int | None = None) -> None:
         self.n_bits = n_bits
@@ -200,11 +254,63 @@ class MultiIndexHash:
         self.n = db.shape[0] // self.words
         self.subs = plan_substrings(n_bits, self.n, width)
         self.perms, self.offsets, self.codes = _build(db, self.words, self.subs)
+        self.dead = np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def from_arrays(cls, n_bits: int, n: int, subs: np.ndarray, perms: np.ndarray,
+                    offsets: np.ndarray, codes: np.ndarray) -> "MultiIndexHash":
+        """Tables from arrays read back (maybe memory-mapped), their shapes checked.
+
+        Raises:
+            ValueError: the arrays do not make tables of ``n`` rows of ``n_bits`` bits.
+        """
+        subs = np.ascontiguousarray(subs, dtype=np.int64)
+        check_substrings(subs, n_bits)
+        m, words = subs.shape[0], (n_bits + 63) // 64
+        want = {"perms": ((m, n), np.int32), "codes": ((m, n * words), np.uint64),
+                "offsets": ((m, (1 << int(subs[:, 2].max())) + 1), np.int32)}
+        for name, arr in (("perms", perms), ("offsets", offsets), ("codes", codes)):
+            if arr.shape != want[name][0] or arr.dtype != want[name][1]:
+                raise ValueError(f"MIH {name} of shape {arr.shape} ({arr.dtype}), expected "
+                                 f"{want[name][0]} ({np.dtype(want[name][1])})")
+        self = object.__new__(cls)
+        self.n_bits, self.words, self.n, self.subs = n_bits, words, n, subs
+        self.perms, self.offsets, self.codes = perms, offsets, codes
+        self.dead = np.zeros(0, dtype=np.int64)
+        return self
 
     @property
     def nbytes(self) -> int:
-        """Memory the tables add, in bytes."""
+        """Memory the tables add, in bytes (mapped bytes, for tables read from a file)."""
         return int(self.perms.nbytes + self.offsets.nbytes + self.codes.nbytes)
+
+    def matches(self, n_bits: int, width: int | None) -> bool:
+        """Whether these are the tables ``MultiIndexHash(db, n_bits, width)`` would build."""
+        planned = plan_substrings(n_bits, self.n, width)
+        return self.n_bits == n_bits and np.array_equal(planned, self.subs)
+
+    def without(self, live: np.ndarray) -> "MultiIndexHash":
+        """These tables with the live rows at positions ``live`` (``int64``, numbered as
+        :meth:`live_positions` numbers them) removed too: the arrays are shared."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.dead = np.union1d(self.dead, self.table_rows(np.asarray(live, dtype=np.int64)))
+        return other
+
+    def table_rows(self, live: np.ndarray) -> np.ndarray:
+        """Table rows of live positions (the ``p``-th live row is ``p`` plus the dead rows
+        before it)."""
+        return live + np.searchsorted(self.dead - np.arange(self.dead.shape[0]), live,
+                                      side="right")
+
+    def live_positions(self, rows: np.ndarray) -> np.ndarray:
+        """Live positions (rows numbered without the dead ones) of live table ``rows``."""
+        return rows - np.searchsorted(self.dead, rows)
+
+    @property
+    def n_live(self) -> int:
+        """Rows of the tables not removed."""
+        return self.n - int(self.dead.shape[0])
 
     def search(self, queries: np.ndarray, ids: np.ndarray, k: int, out_d: np.ndarray,
                out_p: np.ndarray, out_i: np.ndarray, budget_fraction: float = 0.25) -> np.ndarray:
@@ -212,11 +318,96 @@ class MultiIndexHash:
 
         Args:
             queries: ``uint64 (nq, W)``.
-            ids: ``int64 (n,)`` ids of the rows.
+            ids: ``int64 (n,)`` ids of the table rows (removed rows included).
             k: neighbours per query.
-            out_d, out_p, out_i: ``int32 / int64 / int64 (nq, k)`` outputs.
+            out_d, out_p, out_i: ``int32 / int64 / int64 (nq, k)`` outputs: distances, table
+                rows (:meth:`live_positions` renumbers them; ``-1`` padding) and ids.
             budget_fraction: give up on a query after this fraction of ``n`` in work.
         """
         budget = int(budget_fraction * self.n) + 256
-        return mih_search(queries, ids, self.subs, self.perms, self.offsets, self.codes, k,
-                          self.n_bits, budget, out_d, out_p, out_i)
+        return mih_search(queries, ids, self.dead, self.subs, self.perms, self.offsets,
+                          self.codes, k, self.n_bits, budget, out_d, out_p, out_i)
+
+
+def write_tables(index_path: str | Path, token: str, tables: MultiIndexHash) -> None:
+    """Save ``tables`` (of every row of the index file ``token``, none removed) beside it."""
+    if tables.dead.shape[0]:
+        raise ValueError("tables with removed rows describe no index file")
+    fmt.write_tables(index_path, token, tables.n_bits, tables.subs,
+                     {name: getattr(tables, name) for name in MultiIndexHash.ARRAYS})
+
+
+@dataclass
+class TablesFile:
+    """The MIH tables file of one index file (:func:`ahcl.index.format.tables_path`), as the
+    segment read from that file knows it. Segments derived from that one by removals and every
+    snapshot share the object, so damage found once is known to all of them.
+
+    Attributes:
+        path: the index file; ``token`` its header token, ``n`` its rows.
+        mmap, verify: how to open the tables (as the index file was opened).
+        state: ``"unopened"``; ``"unverified"`` (mapped without their CRCs: over
+            :data:`ahcl.index.format.VERIFY_LIMIT`, as the index file itself); ``"ok"``
+            (checked, or built here); ``"damaged"`` (:meth:`check` failed: rebuild them).
+    """
+
+    path: Path
+    token: str
+    n: int
+    mmap: bool = True
+    verify: bool | None = None
+    state: str = "unopened"
+    _opened: tuple | None = field(default=None, repr=False)  # header, arrays: still to check
+
+    def open(self, n_bits: int) -> MultiIndexHash | None:
+        """The tables in the file (``O(1)`` when mapped without their CRCs), or ``None``: there
+        are none, they belong to another file (stale), or they are damaged (one warning line:
+        the caller rebuilds them, never uses them)."""
+        try:
+            found = fmt.read_tables(self.path, self.token, mmap=self.mmap, verify=self.verify)
+            if found is None:
+                return None
+            header, arrays = found
+            if (header.get("n_bits"), header.get("n")) != (n_bits, self.n):
+                raise ValueError(f"tables of {header.get('n')} {header.get('n_bits')}-bit codes "
+                                 f"for {self.n} {n_bits}-bit codes")
+            tables = MultiIndexHash.from_arrays(n_bits, self.n, np.asarray(header["subs"]),
+                                                **arrays)
+        except IndexFileError as exc:
+            log.warning("%s", exc)
+            return None
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("%s: MIH tables that do not fit the index (%s); they are rebuilt from "
+                        "the index", fmt.tables_path(self.path), exc)
+            return None
+        self.state = "ok" if header["verified"] else "unverified"
+        self._opened = None if header["verified"] else (header, arrays)
+        return tables
+
+    def save(self, tables: MultiIndexHash) -> None:
+        """Keep freshly built tables for the next start, when that is possible now: under the
+        writer lock if it is free and the index file is still this one (a writer replacing it
+        writes its own). A read-only folder or a busy writer only costs the next start a
+        build."""
+        try:
+            with writing(self.path, timeout=0):
+                if fmt.read_header(self.path)["token"] == self.token:
+                    write_tables(self.path, self.token, tables)
+        except (OSError, AhclError) as exc:
+            log.debug("%s: MIH tables not saved (%s)", self.path, exc)
+        self.state, self._opened = "ok", None
+
+    def check(self) -> bool:
+        """Check the CRCs of tables opened without them, once. Damaged tables are reported (one
+        warning line) and marked, so the next search drops and rebuilds them. Returns whether
+        the tables are sound (or were never opened)."""
+        opened = self._opened
+        if self.state == "unverified" and opened is not None:
+            try:
+                fmt.verify_tables(self.path, *opened)
+                self.state = "ok"
+            except IndexFileError as exc:
+                log.warning("%s", exc)
+                self.state = "damaged"
+            self._opened = None
+        return self.state != "damaged"

@@ -22,6 +22,11 @@ Guarantees:
   bytes are reported, never re-saved with fresh CRCs); every log record is CRC-checked when read;
   :meth:`IndexStore.verify` checks everything. Temporary files of crashed saves are removed when
   a writer next takes the lock, or at open when no writer holds it.
+- **MIH tables** (``mih=True``) of the file are kept beside it (``X.index.mih``, see
+  :mod:`ahcl.index.mih`): :meth:`IndexStore.compact` writes the new file's, additions and
+  removals never rebuild them. They are derived data: stale ones (of an earlier file) are ignored
+  and replaced, damaged ones are reported in one warning line and rebuilt; large mapped ones are
+  checked by :meth:`IndexStore.check_file` as the file is (and dropped if damaged).
 """
 
 from __future__ import annotations
@@ -215,6 +220,7 @@ class IndexStore:
         with self._check_lock:
             if self._damage is not None:
                 raise self._damage
+            self._index._check_mih_file()  # damaged tables are dropped, never refuse writes
             if self._verified:
                 return
             file = self._file
@@ -235,22 +241,37 @@ class IndexStore:
         """Check every CRC of the file and every record of its log.
 
         Returns:
-            ``{"items", "log_records", "log_bytes", "torn_bytes", "stale_log"}``: ``torn_bytes``
-            counts an interrupted (never acknowledged) last record, dropped at the next write;
-            ``stale_log`` a log left from an earlier file, ignored and removed at the next write.
+            ``{"items", "log_records", "log_bytes", "torn_bytes", "stale_log", "mih_tables"}``:
+            ``torn_bytes`` counts an interrupted (never acknowledged) last record, dropped at
+            the next write; ``stale_log`` a log left from an earlier file, ignored and removed
+            at the next write; ``mih_tables`` is ``"none"``, ``"ok"``, ``"stale"`` (of an
+            earlier file) or ``"damaged"`` (the MIH tables file: derived data, rebuilt at the
+            next MIH search in either of the last two cases, so not an error).
 
         Raises:
-            IndexFileError: damage anywhere.
+            IndexFileError: damage anywhere in the file or its log.
         """
         with self._lock:
-            index, _, log = HammingIndex._open(self.path, mmap=True, verify=True)
+            index, header, log = HammingIndex._open(self.path, mmap=True, verify=True)
             return {"items": len(index),
                     "log_records": len(log.records),
                     "log_bytes": 0 if log.stale else log.end,
                     "torn_bytes": log.size - log.end if log.torn else 0,
-                    "stale_log": bool(log.stale and log.size)}
+                    "stale_log": bool(log.stale and log.size),
+                    "mih_tables": _tables_state(self.path, header["token"])}
 
     def info(self) -> dict[str, Any]:
         """``{"items", "file_bytes", "log_records", "log_bytes"}`` of the current state."""
         return {"items": len(self._index), "file_bytes": self._header["file_size"],
                 "log_records": self._log_records, "log_bytes": self._log_end}
+
+
+def _tables_state(path: Path, token: str) -> str:
+    """``"none"``, ``"ok"``, ``"stale"`` or ``"damaged"``: the MIH tables file beside ``path``,
+    every CRC checked."""
+    if not fmt.tables_path(path).exists():
+        return "none"
+    try:
+        return "stale" if fmt.read_tables(path, token, mmap=True, verify=True) is None else "ok"
+    except IndexFileError:
+        return "damaged"

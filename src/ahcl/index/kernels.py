@@ -91,19 +91,11 @@ def thread_limit(threads: int | None) -> Iterator[None]:
 
 @njit(cache=True, nogil=True, inline="always")
 def row_distance(q, db, w, j):
-    """Hamming distance of query words ``q`` to row ``j`` of the flat rows ``db`` (scalar)."""
+    """Hamming distance of query words ``q`` to row ``j >= 0`` of the flat rows ``db`` (scalar).
+    Indexed, not sliced (a slice is a new array: reference counting per row), and unsigned
+    (no negative-index wraparound test per word)."""
     s = np.uint64(0)
-    at = j * w  # indexed, not sliced: a slice is a new array (reference counting per row)
-    for c in range(w):
-        s += popcnt_scalar(q[c] ^ db[at + c])
-    return np.int64(s)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _distance_u(q, db, w, j):
-    """:func:`row_distance` with an unsigned row index (no wraparound test per word)."""
-    s = np.uint64(0)
-    at = j * np.uint64(w)
+    at = np.uint64(j) * np.uint64(w)
     for word in range(w):
         s += popcnt_scalar(q[word] ^ db[at + np.uint64(word)])
     return np.int64(s)
@@ -121,10 +113,10 @@ def _group_mask(q, db, w, g, t):
     m3 = np.uint64(0)
     for i in range(15, -1, -1):
         j = np.uint64(g + i)
-        m0 = m0 + m0 + np.uint64(_distance_u(q, db, w, j) <= t)
-        m1 = m1 + m1 + np.uint64(_distance_u(q, db, w, j + np.uint64(16)) <= t)
-        m2 = m2 + m2 + np.uint64(_distance_u(q, db, w, j + np.uint64(32)) <= t)
-        m3 = m3 + m3 + np.uint64(_distance_u(q, db, w, j + np.uint64(48)) <= t)
+        m0 = m0 + m0 + np.uint64(row_distance(q, db, w, j) <= t)
+        m1 = m1 + m1 + np.uint64(row_distance(q, db, w, j + np.uint64(16)) <= t)
+        m2 = m2 + m2 + np.uint64(row_distance(q, db, w, j + np.uint64(32)) <= t)
+        m3 = m3 + m3 + np.uint64(row_distance(q, db, w, j + np.uint64(48)) <= t)
     return m0 | (m1 << np.uint64(16)) | (m2 << np.uint64(32)) | (m3 << np.uint64(48))
 
 

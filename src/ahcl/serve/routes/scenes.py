@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 
 from ahcl.data.overview import MAX_SIDE, OverviewCache, overview_size
-from ahcl.data.scenes import SceneError
+from ahcl.data.scenes import SceneCatalog, SceneError
 from ahcl.serve.deps import ArchiveDep
 from ahcl.serve.routes.items import archive_scenes
 from ahcl.serve.routing import ServeRoute
@@ -56,10 +56,10 @@ async def scene_number(number: Annotated[str, Path(description="the scene's numb
 SceneNumber = Annotated[int, Depends(scene_number)]
 
 
-def scene_record(archive: Archive, number: int) -> dict[str, Any]:
-    """What the page needs of one scene (no server path); ``width`` and the fields after it are
-    None for a scene that cannot be read on the server."""
-    catalog = archive_scenes(archive)
+def scene_record(archive: Archive, catalog: SceneCatalog, number: int) -> dict[str, Any]:
+    """What the page needs of one scene of ``catalog`` (the archive's, read once per request,
+    so that every record comes from one snapshot; no server path); ``width`` and the fields
+    after it are None for a scene that cannot be read on the server."""
     path = catalog.scenes[number]
     record: dict[str, Any] = {"scene": number, "name": os.path.basename(path),
                               "items": catalog.counts[number]}
@@ -89,7 +89,7 @@ def list_scenes(archive: ArchiveDep) -> dict[str, Any]:
     scene that cannot be read on the server has `width` and the fields after it null."""
     catalog = archive_scenes(archive)
     return {"tile": catalog.tile,
-            "scenes": [scene_record(archive, n) for n in range(len(catalog.scenes))]}
+            "scenes": [scene_record(archive, catalog, n) for n in range(len(catalog.scenes))]}
 
 
 @router.get("/{number}/overview", summary="A scene's overview (JPEG)", response_class=Response,

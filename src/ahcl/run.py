@@ -19,11 +19,12 @@ complete run)::
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -264,31 +265,41 @@ class Run:
         """
         opened = [scene_tiles(p, tile=tile, stride=stride, bands=bands, min_valid=min_valid)
                   for p in scenes]
-        total = sum(len(s.positions) for s in opened)
-        bar = progress_bar(total, desc="scene tiles", unit="tile")
+        bar = progress_bar(sum(len(s.positions) for s in opened), desc="scene tiles",
+                           unit="tile")
+
+        def tiles() -> Iterator[Tile]:
+            for scene in opened:
+                for _, tile in scene.tiles_at(range(len(scene.positions))):
+                    bar.update(1)
+                    if tile is not None:
+                        yield tile
+
+        try:
+            codes, metas = self.encode_tiles(tiles(), batch_size)
+        finally:
+            bar.close()
+        counts = {"scenes": len(opened), "tiles": len(metas),
+                  "nodata_skipped": sum(len(s.positions) for s in opened) - len(metas),
+                  "edge_skipped": sum(s.edge_skipped for s in opened)}
+        return codes, metas, counts
+
+    def encode_tiles(self, tiles: Iterable[Tile], batch_size: int = 64
+                     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Encode scene tiles (:class:`~ahcl.data.scenes.Tile`), ``batch_size`` per forward
+        pass, as they come: codes ``uint8 (n, n_bits/8)`` and each tile's meta."""
         codes: list[np.ndarray] = []
         metas: list[dict[str, Any]] = []
-        batch: list[Any] = []
-
-        def flush() -> None:
-            if batch:
+        batch: list[Tile] = []
+        for tile in itertools.chain(tiles, [None]):
+            if tile is not None:
+                batch.append(tile)
+            if batch and (tile is None or len(batch) >= batch_size):
                 codes.append(self.encode_images([t.image for t in batch]))
                 metas.extend(t.meta for t in batch)
-                bar.update(len(batch))
                 batch.clear()
-
-        for scene in opened:
-            for t in scene:
-                batch.append(t)
-                if len(batch) >= batch_size:
-                    flush()
-        flush()
-        bar.close()
-        counts = {"scenes": len(opened), "tiles": len(metas),
-                  "nodata_skipped": sum(s.nodata_skipped for s in opened),
-                  "edge_skipped": sum(s.edge_skipped for s in opened)}
         out = np.concatenate(codes) if codes else np.zeros((0, self.n_bits // 8), np.uint8)
-        return out, metas, counts
+        return out, metas
 
     def search_place(self, index: HammingIndex | None = None, *,
                      scene: str | Path | None = None, window: Sequence[int] | None = None,

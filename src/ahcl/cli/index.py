@@ -20,7 +20,7 @@ from ahcl.index.lock import writing
 from ahcl.index.format import read_header
 from ahcl.index.store import IndexStore
 from ahcl.run import Run, load_run
-from ahcl.sharded import encode_files_sharded
+from ahcl.sharded import encode_files_sharded, encode_scenes_sharded
 
 
 MIH_HELP = ("also write multi-index hashing tables of the file beside it (INDEX.mih; several "
@@ -46,9 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     build = verbs.add_parser(
         "build", help="index a run's database codes, or a folder of new images",
         description="Index a run's learned database codes, or (--images) the network codes of "
-                    "every image under a folder. With --images it runs under torchrun too: "
-                    "each process encodes its share into INDEX.shards/ (a rerun after a crash "
-                    "skips the finished parts) and rank 0 writes the index.")
+                    "every image under a folder, or (--scenes) the tiles of GeoTIFF scenes. With "
+                    "--images or --scenes it runs under torchrun too: each process encodes its "
+                    "share into INDEX.shards/ (a rerun after a crash skips the finished parts) "
+                    "and rank 0 writes the index.")
     build.add_argument("run", metavar="RUN")
     build.add_argument("--out", required=True, metavar="INDEX")
     src = build.add_mutually_exclusive_group()
@@ -67,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--strict", action="store_true",
                        help="--images: stop at an unreadable image instead of skipping it")
     build.add_argument("--part-size", type=int, default=4096, metavar="N",
-                       help="images per unit of work and of crash recovery (default 4096)")
+                       help="images (--images) or scene windows (--scenes) per unit of work "
+                            "and of crash recovery (default 4096)")
     build.add_argument("--mih", action="store_true", help=MIH_HELP)
     build.add_argument("--json", action="store_true")
     add_device_args(build)
@@ -221,15 +223,21 @@ def _build_from_scenes(args: argparse.Namespace) -> int:
         except ValueError:
             raise AhclError(f"--bands must be comma-separated band numbers, got {args.bands!r}"
                             ) from None
+    dist.init_from_env()
     run = _build_run(args)
-    codes, metas, counts = run.encode_scenes(_scene_files(args.scenes), tile=args.tile,
-                                             stride=args.stride, bands=bands,
-                                             min_valid=args.min_valid)
+    shards = Path(f"{args.out}.shards")
+    merged = encode_scenes_sharded(run, _scene_files(args.scenes), shards, tile=args.tile,
+                                   stride=args.stride, bands=bands, min_valid=args.min_valid,
+                                   part_size=args.part_size)
+    if merged is None:  # not rank 0
+        return 0
+    codes, metas, counts = merged
     index = run.new_index()
     ids = index.add(codes, meta=metas)
     _save(args, index)
+    shutil.rmtree(shards, ignore_errors=True)  # the index is saved: the parts are spent
     _report(args, {"index": str(args.out), "added": int(ids.shape[0]), "n": len(index),
-                   **counts})
+                   **counts, "processes": dist.world_size()})
     return 0
 
 

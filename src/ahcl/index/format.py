@@ -95,7 +95,9 @@ class Segment:
         ids: ``int64 (n,)``.
         labels: ``int64 (n,)``, ``-1`` for unknown.
         meta: ``None`` (no item has metadata), a list of ``dict | None`` of length ``n``, or a
-            lazily decoded ``(offsets int64 (n+1,), blob uint8)`` pair from a file.
+            lazily decoded ``(offsets int64 (m+1,), blob uint8)`` pair from a file (``m = n``),
+            or ``(offsets, blob, rows int64 (n,))``: rows ``rows`` of such a pair (what is left
+            of a file's segment after removals, still undecoded).
     """
 
     codes: np.ndarray
@@ -115,9 +117,20 @@ class Segment:
             return None
         if isinstance(self.meta, list):
             return self.meta[i]
-        offsets, blob = self.meta
-        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        offsets, blob, *rows = self.meta
+        r = int(rows[0][i]) if rows else i
+        lo, hi = int(offsets[r]), int(offsets[r + 1])
         return json.loads(bytes(blob[lo:hi])) if hi > lo else None
+
+    def meta_of_rows(self, rows: np.ndarray) -> Any:
+        """The metadata of rows ``rows`` (ascending positions) in this segment's form: a list
+        stays a list, a file's lazily decoded form stays undecoded (``O(len(rows))``, no JSON
+        read), so removing a few rows from a large file costs no pass over its metadata."""
+        if self.meta is None or isinstance(self.meta, list):
+            return None if self.meta is None else [self.meta[int(i)] for i in rows]
+        offsets, blob, *picked = self.meta
+        rows = np.asarray(rows, dtype=np.int64)
+        return offsets, blob, (picked[0][rows] if picked else rows)
 
     def meta_chunks(self) -> Iterator[tuple[np.ndarray, bytes]]:
         """Yield ``(lengths int64, blob bytes)`` pieces of this segment's metadata section."""
@@ -127,10 +140,19 @@ class Segment:
             enc = [b"" if m is None else json.dumps(m, separators=(",", ":")).encode()
                    for m in self.meta]
             yield np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc)), b"".join(enc)
-        else:
+        elif len(self.meta) == 2:
             offsets, blob = self.meta
             lo, hi = int(offsets[0]), int(offsets[-1])
             yield np.diff(np.asarray(offsets)), bytes(blob[lo:hi])
+        else:  # one piece per run of consecutive rows (removals leave few runs)
+            offsets, blob, rows = self.meta
+            if not len(rows):
+                yield np.zeros(0, dtype=np.int64), b""
+                return
+            for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
+                a, b = int(run[0]), int(run[-1]) + 1
+                yield (np.diff(np.asarray(offsets[a:b + 1])),
+                       bytes(blob[int(offsets[a]):int(offsets[b])]))
 
 
 def _file_error(path: Path, problem: str) -> IndexFileError:

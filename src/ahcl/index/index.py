@@ -308,11 +308,8 @@ class HammingIndex:
             removed += n_hit
             keep = ~hit
             if keep.any():
-                meta = seg.meta
-                if meta is not None:
-                    meta = [seg.meta_at(int(i)) for i in np.flatnonzero(keep)]
                 rest = fmt.Segment(np.ascontiguousarray(seg.codes[keep]), seg.ids[keep],
-                                   seg.labels[keep], meta)
+                                   seg.labels[keep], seg.meta_of_rows(np.flatnonzero(keep)))
                 self._derive_tables(seg, rest, np.flatnonzero(hit))
                 kept.append(rest)
         if removed:

@@ -19,7 +19,7 @@ from affine import Affine  # noqa: E402
 
 from ahcl.data.images import to_rgb_array  # noqa: E402
 from ahcl.data.scenes import (SceneError, SceneTiles, footprint, lonlat_window,  # noqa: E402
-                              scene_tiles)
+                              place_tile, scene_catalog, scene_tiles)
 from ahcl.errors import AhclError  # noqa: E402
 
 UTM = "EPSG:32633"
@@ -97,7 +97,7 @@ def test_real_scene_grid_windows_and_footprints(rmnp: Path) -> None:
             assert min(abs(lon - x) + abs(lat - y) for x, y in expected) < 1e-9
             assert left - 1e-9 <= lon <= right + 1e-9 and bottom - 1e-9 <= lat <= top + 1e-9
         assert t.meta == {"scene": str(rmnp), "window": [col, row, w, h], "crs": "EPSG:4326",
-                          "geometry": t.geometry}
+                          "geometry": t.geometry, "bands": [1, 2, 3]}
         pixels = np.moveaxis(full[:, row:row + h, col:col + w], 0, -1)
         invalid = (pixels == nodata).all(axis=2, keepdims=True)  # nodata shown black
         np.testing.assert_array_equal(np.asarray(t.image), np.where(invalid, 0, pixels))
@@ -193,6 +193,30 @@ def test_sixteen_bit_four_bands_follow_the_shared_rule(tmp_path: Path) -> None:
     t = next(iter(scene_tiles(path, tile=32, stride=32, bands=(4, 2, 1))))
     np.testing.assert_array_equal(np.asarray(t.image),
                                   to_rgb_array(np.moveaxis(array[[3, 1, 0], :32, :32], 0, -1)))
+    assert t.meta["bands"] == [4, 2, 1] and got[0].meta["bands"] == [1, 2, 3]
+
+
+def test_a_place_is_read_again_with_the_bands_its_items_were_read_with(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    array = rng.integers(0, 4096, (4, 64, 96), dtype=np.uint16)
+    path = write_scene(tmp_path / "ms.tif", array)
+    tiles = list(scene_tiles(path, tile=32, stride=32, bands=(4, 2, 1)))
+    catalog = scene_catalog([t.meta for t in tiles])
+    assert catalog.bands == ((4, 2, 1),) and catalog.bands_of(str(path)) == (4, 2, 1)
+    for place in ({"window": list(tiles[4].window)}, {"lonlat": None}):
+        if "lonlat" in place:
+            (x0, y0), _, (x1, y1) = tiles[4].geometry["coordinates"][0][:3]
+            f = 16.3 / 32  # a little past the tile's centre pixel corner, so it rounds to it
+            place = {"lonlat": (x0 + f * (x1 - x0), y0 + f * (y1 - y0))}
+        query = place_tile(catalog, scene=str(path), **place)
+        assert query.bands == (4, 2, 1) and list(query.window) == list(tiles[4].window)
+        np.testing.assert_array_equal(np.asarray(query.image), np.asarray(tiles[4].image))
+    # Given bands win; items of older indexes (no "bands") read the scene's defaults.
+    assert place_tile(catalog, scene=str(path), window=[0, 0, 32, 32], bands=(1, 2, 3)).bands \
+        == (1, 2, 3)
+    old = scene_catalog([{k: v for k, v in t.meta.items() if k != "bands"} for t in tiles])
+    assert old.bands == (None,)
+    assert place_tile(old, scene=str(path), window=[0, 0, 32, 32]).bands == (1, 2, 3)
 
 
 def test_nodata_tiles_are_skipped_and_counted(tmp_path: Path) -> None:

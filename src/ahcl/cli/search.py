@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="query by place: the tile around this point (EPSG:4326 degrees), in "
                         "--scene or else in whichever scene of the index contains it")
     p.add_argument("--bands", metavar="B,B,B",
-                   help="1-based bands read as RGB for a place query (those the index was "
-                        "built with; default 1,2,3)")
+                   help="1-based bands read as RGB for a place query (default: those the "
+                        "index's items of that scene were read with)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--geojson", metavar="FILE",
                    help="also write the hits that have footprints (GeoTIFF tiles) as a GeoJSON "

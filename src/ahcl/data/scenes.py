@@ -125,6 +125,7 @@ class Tile:
         geometry: footprint as a GeoJSON Polygon in EPSG:4326 (lon, lat); None when
             ungeoreferenced.
         valid: fraction of valid (not nodata) pixels.
+        bands: the three 1-based bands read as R, G, B.
     """
 
     image: Image.Image
@@ -133,12 +134,15 @@ class Tile:
     crs: str | None
     geometry: dict[str, Any] | None
     valid: float = 1.0
+    bands: tuple[int, int, int] = (1, 2, 3)
 
     @property
     def meta(self) -> dict[str, Any]:
-        """The JSON-ready metadata (``scene``, ``window`` as a list, ``crs``, ``geometry``)."""
+        """The JSON-ready metadata (``scene``, ``window`` as a list, ``crs``, ``geometry``,
+        ``bands`` as a list: what a later read of the same place, a query by place or a
+        thumbnail, reads again)."""
         return {"scene": self.scene, "window": list(self.window), "crs": self.crs,
-                "geometry": self.geometry}
+                "geometry": self.geometry, "bands": list(self.bands)}
 
 
 class _Geo:
@@ -284,7 +288,7 @@ class _Scene:
         rgb = _rgb(array, valid, f"{self.name} window {list(window)}")
         geometry = self.geo.ring(window, self.name) if self.geo else None
         return Tile(Image.fromarray(rgb, "RGB"), self.name, window,
-                    self.geo.crs if self.geo else None, geometry, fraction)
+                    self.geo.crs if self.geo else None, geometry, fraction, self.bands)
 
     def read(self, window: PixelWindow, size: tuple[int, int] | None = None
              ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -567,12 +571,21 @@ class SceneCatalog:
         tile: the side in pixels of the items' windows (the most common, the smaller on a
             tie); None when no item has a square window.
         counts: the number of items of each of ``scenes``, same order.
+        bands: the bands the first item of each of ``scenes`` was read with (None for items
+            of indexes built before items kept them: the scene's default bands), same order.
     """
 
     scenes: tuple[str, ...] = ()
     georeferenced: tuple[str, ...] = ()
     tile: int | None = None
     counts: tuple[int, ...] = ()
+    bands: tuple[tuple[int, ...] | None, ...] = ()
+
+    def bands_of(self, scene: str | os.PathLike) -> tuple[int, ...] | None:
+        """The bands the items of ``scene`` were read with (None: not known, or not a scene
+        of the catalog)."""
+        name = os.fspath(scene)
+        return self.bands[self.scenes.index(name)] if name in self.scenes else None
 
 
 def scene_catalog(metas: Iterable[dict[str, Any] | None]) -> SceneCatalog:
@@ -580,17 +593,23 @@ def scene_catalog(metas: Iterable[dict[str, Any] | None]) -> SceneCatalog:
     scenes: dict[str, bool] = {}
     counts: Counter[str] = Counter()
     sides: Counter[int] = Counter()
+    bands: dict[str, tuple[int, ...] | None] = {}
     for meta in metas:
         if not meta or not isinstance(meta.get("scene"), str):
             continue
         name, window = meta["scene"], meta.get("window")
         scenes[name] = scenes.get(name, False) or bool(meta.get("geometry"))
         counts[name] += 1
+        if name not in bands:
+            read = meta.get("bands")
+            ok = isinstance(read, list) and len(read) == 3 and all(
+                isinstance(b, int) and not isinstance(b, bool) for b in read)
+            bands[name] = tuple(read) if ok else None
         if isinstance(window, list) and len(window) == 4 and window[2] == window[3]:
             sides[int(window[2])] += 1
     tile = min(sides, key=lambda side: (-sides[side], side)) if sides else None
     return SceneCatalog(tuple(scenes), tuple(n for n, geo in scenes.items() if geo), tile,
-                        tuple(counts[n] for n in scenes))
+                        tuple(counts[n] for n in scenes), tuple(bands[n] for n in scenes))
 
 
 def place_tile(catalog: SceneCatalog, *, scene: str | os.PathLike | None = None,
@@ -601,7 +620,9 @@ def place_tile(catalog: SceneCatalog, *, scene: str | os.PathLike | None = None,
     catalog's georeferenced scenes that contains it (:func:`locate_lonlat`).
 
     ``scene`` is read as given: whether a caller may name it (a server never lets a client name
-    a path the catalog does not hold) is the caller's rule.
+    a path the catalog does not hold) is the caller's rule. Without ``bands``, a scene of the
+    catalog is read with the bands its items were read with (:meth:`SceneCatalog.bands_of`),
+    another with its default bands.
 
     Raises:
         PlaceError: window and lonlat together or neither, a window without its scene, a lonlat
@@ -615,7 +636,7 @@ def place_tile(catalog: SceneCatalog, *, scene: str | os.PathLike | None = None,
     if window is not None:
         if scene is None:
             raise PlaceError("a window needs the scene it is a window of")
-        return read_window(scene, window, bands=bands)
+        return read_window(scene, window, bands=bands or catalog.bands_of(scene))
     lon, lat = lonlat  # type: ignore[misc]
     if catalog.tile is None or (scene is None and not catalog.georeferenced):
         raise PlaceError("the index has no georeferenced items (tiles of GeoTIFF scenes, from "
@@ -624,7 +645,7 @@ def place_tile(catalog: SceneCatalog, *, scene: str | os.PathLike | None = None,
         scene, found = locate_lonlat(catalog.georeferenced, lon, lat, catalog.tile)
     else:
         found = lonlat_window(scene, lon, lat, catalog.tile)
-    return read_window(scene, found, bands=bands)
+    return read_window(scene, found, bands=bands or catalog.bands_of(scene))
 
 
 def _rgb(array: np.ndarray, valid: np.ndarray | None, what: str) -> np.ndarray:

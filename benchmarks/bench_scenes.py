@@ -28,6 +28,11 @@ with every pass's time, the encoding batches' median and best tiles/s, the CPU s
 process and the load average: on a shared machine other work slows some passes, and
 ``cores busy`` (CPU seconds / wall seconds, at most the torch thread count) says which.
 
+Reading runs as the library does by default (:meth:`ahcl.run.Run.encode_windows`: in the
+encoding process on the CPU, in ``min(cores, 8)`` data-loading workers on an accelerator); each
+scene is measured once more under the last GDAL cache setting with ``--workers`` reading
+processes (default ``min(cores, 8)``), compared with the default in the same run.
+
 Memory is the process's **RSS high-water mark** (``resource.getrusage(...).ru_maxrss``) at the
 end, with the mark after the warm-up beside it; it counts torch, the model, the encoding
 batches and GDAL's block cache. GDAL caches every decoded block of an open dataset up to
@@ -64,6 +69,7 @@ from rasterio.windows import Window
 
 from ahcl._io import atomic_write_json
 from ahcl.data.scenes import scene_tiles
+from ahcl.device import default_workers
 from ahcl.data.synthetic import write_synthetic_dataset
 from ahcl.models import weights_available
 from ahcl.run import load_run
@@ -206,7 +212,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])  # a script, not the library: it may set this
     tic = time.perf_counter()
-    run = load_run(spec["run"], device=spec["device"])
+    run = load_run(spec["run"], device=spec["device"], num_workers=spec["workers"])
     run.encoder()
     load_s = time.perf_counter() - tic
     tiles = scene_tiles(spec["scene"], tile=TILE, stride=STRIDE)
@@ -235,6 +241,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                  "total_s": [round(w["s"], 3) for w in wholes]},
         "rss_after_warmup_mb": round(warm_mb, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         "torch_threads": torch.get_num_threads(),
+        "workers": run.reading_workers,
         "load_average": {"start": load_start, "end": _load_average()},
     }
 
@@ -276,10 +283,14 @@ def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         print(f"writing {side} x {side} scene ...", file=sys.stderr)
         scene = write_scene(path, side, chips, args.seed)
         scene["measured"] = []
-        for cachemax in configs:
-            print(f"  measuring (GDAL_CACHEMAX {cachemax or 'default'}) ...", file=sys.stderr)
+        # Each GDAL cache setting read as the library does by default, then the last setting
+        # again with --workers reading processes, compared with it.
+        for cachemax, workers in [(c, None) for c in configs] + [(configs[-1], args.workers)]:
+            print(f"  measuring (GDAL_CACHEMAX {cachemax or 'default'}, workers "
+                  f"{'default' if workers is None else workers}) ...", file=sys.stderr)
             spec = {"run": str(run_dir), "scene": str(path), "device": args.device,
-                    "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats}
+                    "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
+                    "workers": workers}
             scene["measured"].append(in_subprocess(spec, cachemax))
         scenes.append(scene)
     return {
@@ -329,6 +340,7 @@ def _ram_mb() -> int | None:
 def measured_lines(m: dict[str, Any]) -> list[str]:
     """The report's lines for one scene under one GDAL cache setting."""
     cache = f"GDAL_CACHEMAX={m['gdal_cachemax']}" if m["gdal_cachemax"] else "GDAL default"
+    cache += f", {m['workers']} reading workers" if m["workers"] else ", reading in-process"
     batches, load = m["encode_batch_tiles_s"], m["load_average"]
     return [
         f"  [{cache}] {m['tiles']} tiles in {m['total_s']:.1f} s = {m['tiles_s']:.1f} tiles/s, "
@@ -388,6 +400,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--gdal-cachemax", type=int, default=64,
                     help="MB: also measure each scene with GDAL_CACHEMAX set so (0: skip)")
     ap.add_argument("--warmup", type=int, default=64, help="tiles encoded before timing")
+    ap.add_argument("--workers", type=int, default=default_workers(),
+                    help="reading processes of the extra measurement (default min(cores, 8))")
     ap.add_argument("--repeats", type=int, default=None,
                     help="passes of each kind per scene, the fastest reported (default 3; "
                          "--quick 1)")

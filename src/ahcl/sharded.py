@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from ahcl import distributed as dist
 from ahcl._io import atomic_write, file_digest
 from ahcl._progress import progress, progress_bar
 from ahcl.data.images import ImageReadError
-from ahcl.data.scenes import SceneTiles, Tile, scene_tiles
+from ahcl.data.scenes import SceneTiles, scene_tiles
 from ahcl.errors import AhclError
 from ahcl.run import Run
 
@@ -220,11 +221,9 @@ def encode_scenes_sharded(run: Run, scenes: Sequence[str | os.PathLike],
 
     Returns:
         On rank 0: codes ``uint8 (n, n_bits/8)``, one meta per tile (``scene``, ``window``,
-        ``crs``, ``geometry``) and counts (``scenes``, ``tiles``, ``nodata_skipped``,
+        ``crs``, ``geometry``, ``bands``) and counts (``scenes``, ``tiles``, ``nodata_skipped``,
         ``edge_skipped``); ``None`` elsewhere.
     """
-    import warnings
-
     with warnings.catch_warnings():
         if dist.rank() != 0:  # "no georeferencing" and the like: said once, by rank 0
             warnings.simplefilter("ignore")
@@ -236,17 +235,17 @@ def encode_scenes_sharded(run: Run, scenes: Sequence[str | os.PathLike],
     work = {"scenes": [os.path.abspath(s.path) for s in opened], "tile": tile,
             "stride": stride, "bands": [list(s.bands) for s in opened], "min_valid": min_valid}
     folder = Path(shard_dir) / list_hash([], _salt(run, **work))
-    contents = {b: _scene_key(sorted({opened[s] for s, _ in units[b[0]:b[1]]},
-                                     key=opened.index)) for b in mine}
+    contents = {b: _scene_key([opened[s] for s in sorted({s for s, _ in units[b[0]:b[1]]})])
+                for b in mine}
     todo = [b for b in mine if _load_part(_part_path(folder, *b), *b, contents[b]) is None]
     bar = progress_bar(sum(b - a for a, b in todo), desc=f"scene tiles (rank {dist.rank()})",
                        unit="tile")
     failure = None
     try:
         for start, stop in todo:
-            kept, metas, codes = _encode_scene_part(run, opened, units[start:stop], start, bar)
+            kept, codes, metas = run.encode_windows(opened, units[start:stop], bar)
             _write_part(folder, start, stop, contents[(start, stop)], codes=codes,
-                        kept=np.asarray(kept, np.int64), meta=np.array(json.dumps(metas)))
+                        kept=np.asarray(kept, np.int64) + start, meta=np.array(json.dumps(metas)))
     except AhclError as exc:
         failure = exc
     finally:
@@ -268,20 +267,3 @@ def encode_scenes_sharded(run: Run, scenes: Sequence[str | os.PathLike],
     out = np.concatenate(codes) if codes else np.zeros((0, width), np.uint8)
     return out, metas, counts
 
-
-def _encode_scene_part(run: Run, opened: Sequence[SceneTiles], units: Sequence[tuple[int, int]],
-                       start: int, bar: Any) -> tuple[list[int], list[dict[str, Any]], np.ndarray]:
-    """Read and encode one part's windows: (kept unit numbers, their metas, their codes)."""
-    kept: list[int] = []
-
-    def tiles() -> Iterator[Tile]:
-        for s in sorted({s for s, _ in units}):
-            numbers = {w: start + u for u, (si, w) in enumerate(units) if si == s}
-            for w, tile in opened[s].tiles_at(list(numbers)):
-                bar.update(1)
-                if tile is not None:
-                    kept.append(numbers[w])
-                    yield tile
-
-    codes, metas = run.encode_tiles(tiles())
-    return kept, metas, codes

@@ -19,14 +19,15 @@ SIZES = (512, 384)  # 2 x 2 tiles and 1 tile of 256
 CACHEMAX = 16
 
 
-@pytest.mark.slow  # four fresh interpreters (one per scene and GDAL cache setting) import torch
+@pytest.mark.slow  # six fresh interpreters (per scene: two GDAL cache settings, one without workers)
 def test_quick_run_writes_every_field(tmp_path: Path, rsscn7_dir: Path) -> None:
     out = tmp_path / "scenes.json"
     env = {**os.environ, "AHCL_CACHE": str(tmp_path / "cache"), "AHCL_PROGRESS": "0"}
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_scenes.py"), "--quick",
          "--sizes", ",".join(map(str, SIZES)), "--gdal-cachemax", str(CACHEMAX),
-         "--data", str(rsscn7_dir), "--workdir", str(tmp_path / "work"), "--out", str(out)],
+         "--workers", "2", "--data", str(rsscn7_dir), "--workdir", str(tmp_path / "work"),
+         "--out", str(out)],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("cpu: ") and "tiles/s" in done.stdout
@@ -41,7 +42,8 @@ def test_quick_run_writes_every_field(tmp_path: Path, rsscn7_dir: Path) -> None:
     for scene, tiles, edge in zip(r["scenes"], (4, 1), (0, 3)):
         assert scene["file_mb"] > 0
         assert [m["gdal_cachemax"] for m in scene["measured"]] == [
-            os.environ.get("GDAL_CACHEMAX"), str(CACHEMAX)]
+            os.environ.get("GDAL_CACHEMAX"), str(CACHEMAX), str(CACHEMAX)]
+        assert [m["workers"] for m in scene["measured"]] == [0, 0, 2]  # CPU: read in-process
         for m in scene["measured"]:
             assert (m["tiles"], m["edge_skipped"], m["nodata_skipped"]) == (tiles, edge, 0)
             assert 0 < m["read_s"] and 0 < m["encode_s"] <= m["total_s"]

@@ -89,6 +89,30 @@ def test_one_process_damaged_block_is_one_line(tiny_run, scenes, tmp_path):
                               tile=32, stride=32, part_size=5)
 
 
+def test_windows_read_in_worker_processes_give_the_same_tiles(tiny_run, scenes, tmp_path,
+                                                               monkeypatch):
+    import ahcl.run as run_module
+    from ahcl.data.scenes import scene_tiles
+
+    made: list[int] = []
+    real = run_module.DataLoader
+    monkeypatch.setattr(run_module, "DataLoader",
+                        lambda *a, **kw: made.append(kw["num_workers"]) or real(*a, **kw))
+    opened = [scene_tiles(f, tile=32, stride=32) for f in _files(scenes)]
+    units = [(s, w) for s, t in enumerate(opened) for w in range(len(t.positions))]
+    here = ahcl.load_run(tiny_run, num_workers=0).encode_windows(opened, units, batch_size=4)
+    apart = ahcl.load_run(tiny_run, num_workers=2).encode_windows(opened, units, batch_size=4)
+    assert made == [0, 2]
+    assert ahcl.load_run(tiny_run).reading_workers == 0  # on the CPU, by default: read here
+    assert here[0] == apart[0] == [u for u in range(18) if u != 5]  # window 5 is blank
+    np.testing.assert_array_equal(apart[1], here[1])
+    assert apart[2] == here[2]
+    damaged = [scene_tiles(f, tile=32, stride=32) for f in _files(_damaged_copy(scenes, tmp_path))]
+    with pytest.raises(SceneError, match="corrupt or truncated") as exc:
+        ahcl.load_run(tiny_run, num_workers=2).encode_windows(damaged, units, batch_size=4)
+    assert "\n" not in str(exc.value) and "b.tif" in str(exc.value)
+
+
 def _damaged_copy(scenes: Path, tmp_path: Path) -> Path:
     """The scenes with b.tif rewritten tiled (32-px blocks), deflate-compressed, and its last
     block overwritten with garbage: its header and block table stay valid, so only reading
@@ -141,7 +165,9 @@ def test_damaged_block_on_one_rank_stops_both_with_one_line(tiny_run, scenes, tm
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ahcl: error:")]
     assert lines and all("b.tif" in ln and "corrupt or truncated" in ln for ln in lines), \
         proc.stderr[-2000:]
-    assert len(lines) == 2  # each rank says the same one line
+    # Each rank says that line, unless torchrun stops the other first (the first to exit
+    # fails the whole group).
+    assert 1 <= len(lines) <= 2
     assert not out.exists()
 
 

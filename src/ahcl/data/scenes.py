@@ -381,6 +381,45 @@ class SceneTiles:
                 f"positions={len(self.positions)})")
 
 
+class TileReader:
+    """Windows of several tiled scenes read by number: item ``i`` of ``units`` = (scene number
+    in ``scenes``, window number in its :attr:`SceneTiles.positions`) is ``(tile, error)``:
+    the :class:`Tile`, or None when mostly nodata; ``error`` a :class:`SceneError` (damage
+    inside a block) instead of raised, so a reader in a worker process hands it over whole.
+
+    Picklable, for data-loading workers: each process opens the scene it reads on first use
+    and keeps the last one open (consecutive items mostly share a scene); :meth:`close` (or
+    the end of the process) closes it.
+    """
+
+    def __init__(self, scenes: Sequence[SceneTiles], units: Sequence[tuple[int, int]]) -> None:
+        self.scenes, self.units = list(scenes), list(units)
+        self._open: tuple[int, _Scene] | None = None
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __getitem__(self, i: int) -> tuple[Tile | None, SceneError | None]:
+        s, w = self.units[i]
+        tiles = self.scenes[s]
+        try:
+            if self._open is None or self._open[0] != s:
+                self.close()
+                scene = _Scene(tiles.path, tiles.bands, warn=False)
+                self._open = (s, scene)
+            return self._open[1].tile(tiles.positions[w], tiles.min_valid), None
+        except SceneError as exc:
+            return None, exc
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": None}  # an open dataset stays in its process
+
+
 def scene_tiles(path: str | os.PathLike, *, tile: int = 256, stride: int = 256,
                 bands: Sequence[int] | None = None, min_valid: float = 0.9) -> SceneTiles:
     """Tile a GeoTIFF scene by the rules in the module doc.

@@ -257,7 +257,7 @@ def _inference_form(backbone: Backbone | InferenceBackbone, placement: Placement
     return backbone
 
 
-def _worker_threads(_: int) -> None:
+def worker_threads(_: int) -> None:
     # One intra-op thread per decoding worker (DataLoader's default too, made explicit): the
     # cores belong to the forward pass in the main process, whose thread count is the caller's.
     torch.set_num_threads(1)
@@ -273,7 +273,7 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int | None,
                       # one pass per loader: persistent workers would only outlive it
                       persistent_workers=False,
                       prefetch_factor=PREFETCH_FACTOR if workers else None,
-                      worker_init_fn=_worker_threads if workers else None)
+                      worker_init_fn=worker_threads if workers else None)
 
 
 def _compute(model: InferenceBackbone, paths: list[str], keys: list[str] | None, batch_size: int,

@@ -3,6 +3,7 @@ additions into a large index, and searches while another client adds.
 
     python benchmarks/bench_archive.py [--small 10000] [--large 1000000] [--repeats 100]
                                        [--stream-n 10000000] [--stream 10000] [--clients 4]
+                                       [--workers 1]
 
 1. Trains a tiny run (tiny_cnn on synthetic scenes, seconds) that encodes uploads.
 2. Two index files of random 64-bit codes (the run's 16 + 48 split) with a path per item (``--small`` and ``--large``
@@ -10,10 +11,11 @@ additions into a large index, and searches while another client adds.
    (``POST /api/items``: decode, encode, one fsynced log record) is timed ``--repeats`` times on
    each; the figure is the ratio of the medians (large / small) and the large archive's p50.
 3. Search p50 over HTTP (by id) on the large archive from a client process, alone and while
-   another client process adds continuously.
+   another client process adds continuously, served by ``ahcl serve --workers W`` (``--workers``
+   server processes, started as a user would).
 4. ``--stream`` single additions through the API from ``--clients`` client processes into an index of
-   ``--stream-n`` codes; wall time, then the index reopened from disk to check every
-   acknowledged id is there.
+   ``--stream-n`` codes, served the same way; wall time, then the index reopened from disk to
+   check every acknowledged id is there.
 
 Prints the CPU; writes ``benchmarks/results/archive.json``.
 """
@@ -21,16 +23,19 @@ Prints the CPU; writes ``benchmarks/results/archive.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -47,7 +52,8 @@ sys.path.insert(0, str(REPO))  # the harness lives in the repo
 from benchmarks.bench_encode import cpu_info  # noqa: E402
 from benchmarks.bench_serve import train_tiny_run  # noqa: E402
 from benchmarks.loadgen import multipart  # noqa: E402
-from tests.serve._server import ServerThread  # noqa: E402
+from tests.serve._server import (ServerThread, free_port, serve_process,  # noqa: E402
+                                 wait_healthy)
 
 TOKEN = "bench-token"
 
@@ -123,6 +129,22 @@ def serve(index_path: Path, run: Path) -> ServerThread:
     return ServerThread(create_app(archive, ServeSettings(token=TOKEN)))
 
 
+@contextlib.contextmanager
+def serve_cli(index_path: Path, run: Path, workers: int) -> Iterator[str]:
+    """``ahcl serve INDEX --run RUN --workers W`` as its own process: its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = serve_process(str(index_path), "--run", str(run), "--token", TOKEN, "--port",
+                         str(port), "--workers", str(workers),
+                         "--torch-threads", str(SERVE_TORCH_THREADS))
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+
+
 def single_additions(run: Path, root: Path, sizes: list[int], repeats: int) -> dict:
     out = {}
     for n in sizes:
@@ -156,43 +178,44 @@ def add_until(url: str, stop_file: str, seed: int) -> list[int]:
     return ids
 
 
-def search_while_adding(run: Path, root: Path, n: int, repeats: int) -> dict:
+def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: int) -> dict:
     """Search p50 from a client process, alone and while another client process adds."""
     path = root / f"a{n}.index"
     picks = [int(i) for i in np.random.default_rng(1).integers(0, n, repeats)]
     stop_file = str(root / "stop-adding")
-    with serve(path, run) as server, \
+    with serve_cli(path, run, workers) as url, \
             ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
         list(pool.map(time.sleep, [1.0] * 2))  # both workers started before the clock
-        alone = pool.submit(search_loop, server.url, picks).result()
-        adding = pool.submit(add_until, server.url, stop_file, 5 * 10**6)
+        alone = pool.submit(search_loop, url, picks).result()
+        adding = pool.submit(add_until, url, stop_file, 5 * 10**6)
         time.sleep(1.0)
-        busy = pool.submit(search_loop, server.url, picks).result()
+        busy = pool.submit(search_loop, url, picks).result()
         Path(stop_file).touch()
         added = adding.result()
-    result = {"alone": ms(alone), "while_adding": ms(busy), "additions_meanwhile": len(added)}
+    result = {"alone": ms(alone), "while_adding": ms(busy), "additions_meanwhile": len(added),
+              "server_workers": workers}
     print(f"search by id over HTTP, {n:,} items: alone p50 {result['alone']['p50_ms']:.2f} ms, "
           f"while another client adds p50 {result['while_adding']['p50_ms']:.2f} ms "
           f"({len(added)} additions meanwhile)", file=sys.stderr)
     return result
 
 
-def stream(run: Path, root: Path, n: int, count: int, clients: int) -> dict:
+def stream(run: Path, root: Path, n: int, count: int, clients: int, workers: int) -> dict:
     path = root / f"s{n}.index"
     start = time.perf_counter()
     build_index(path, run, n, meta=False)
     built = time.perf_counter() - start
     ids: list[int] = []
     errors: list[str] = []
-    with serve(path, run) as server:
-        Client(server.url).add(0)  # warm
+    with serve_cli(path, run, workers) as url:
+        Client(url).add(0)  # warm
         # The clients are other processes, as real ones are (not threads beside the server).
         with ProcessPoolExecutor(clients, mp_context=get_context("spawn")) as pool:
             # every worker started (and its imports done) before the clock does: workers are
             # spawned on demand, one per task submitted while the others are busy
             list(pool.map(time.sleep, [1.0] * clients))
             start = time.perf_counter()
-            for got, failed in pool.map(client_loop, [server.url] * clients, range(clients),
+            for got, failed in pool.map(client_loop, [url] * clients, range(clients),
                                         [count] * clients, [clients] * clients):
                 ids += got
                 errors += failed
@@ -200,10 +223,12 @@ def stream(run: Path, root: Path, n: int, count: int, clients: int) -> dict:
     reopened = HammingIndex.load(path)
     present = np.isin(np.asarray(ids, dtype=np.int64), reopened.ids).all()
     result = {"index_items": n, "additions": len(ids), "clients": clients,
+              "server_workers": workers,
               "seconds": round(wall, 2), "per_s": round(len(ids) / wall, 1),
               "build_s": round(built, 1), "all_present_after_reopen": bool(present),
               "errors": errors[:5]}
-    print(f"{len(ids):,} single additions over HTTP ({clients} clients) into {n:,} codes: "
+    print(f"{len(ids):,} single additions over HTTP ({clients} clients, {workers} server "
+          f"processes) into {n:,} codes: "
           f"{wall:.1f} s ({result['per_s']}/s); all in the reopened index: {present}",
           file=sys.stderr)
     return result
@@ -217,6 +242,9 @@ def main() -> int:
     parser.add_argument("--stream-n", type=int, default=10_000_000)
     parser.add_argument("--stream", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes of the searches and the stream (ahcl serve "
+                             "--workers)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "archive.json"))
     args = parser.parse_args()
     os.environ.setdefault("AHCL_PROGRESS", "0")
@@ -231,8 +259,8 @@ def main() -> int:
         ratio = adds[str(args.large)]["p50_ms"] / adds[str(args.small)]["p50_ms"]
         print(f"ratio of p50s, {args.large:,} / {args.small:,} items: {ratio:.2f}x "
               "(target <= 1.5x, large p50 <= 100 ms)", file=sys.stderr)
-        searches = search_while_adding(run, root, args.large, args.repeats)
-        streamed = stream(run, root, args.stream_n, args.stream, args.clients) \
+        searches = search_while_adding(run, root, args.large, args.repeats, args.workers)
+        streamed = stream(run, root, args.stream_n, args.stream, args.clients, args.workers) \
             if args.stream else None
     result = {"cpu": cpu, "encoder": "tiny_cnn, 64 bits (benchmarks/bench_serve.py's run)",
               "single_addition": adds, "ratio_large_small_p50": round(ratio, 2),

@@ -143,6 +143,39 @@ def test_another_store_catches_up_in_place(store: IndexStore) -> None:
     np.testing.assert_array_equal(reader.index.codes_of(ids), store.index.codes_of(ids))
 
 
+def test_is_current_sees_every_change_of_another_writer(store: IndexStore) -> None:
+    reader = IndexStore(store.path)
+    assert reader.is_current() and store.is_current()
+    store.add(_codes(np.random.default_rng(14), 1))
+    assert store.is_current()  # its own write: nothing to read back
+    assert not reader.is_current()  # the other's acknowledged record: read it before answering
+    assert reader.refresh() and reader.is_current() and len(reader) == 301
+    store.remove([int(store.index.ids[0])])
+    assert not reader.is_current() and reader.refresh() and reader.is_current()
+    store.compact()  # a rewritten file (and no log)
+    assert not reader.is_current() and reader.refresh() and reader.is_current()
+    assert _state(reader.index) == _state(store.index)
+    store.add(_codes(np.random.default_rng(18), 1))  # a new log
+    assert not reader.is_current() and reader.refresh() and reader.is_current()
+    log = wal.log_path(store.path)
+    log.write_bytes(log.read_bytes() + b"torn")  # an interrupted append: nothing to apply
+    assert not reader.is_current() and not reader.refresh() and reader.is_current()
+
+
+def test_an_append_truncates_only_a_torn_tail(store: IndexStore, monkeypatch) -> None:
+    cuts: list[int] = []
+    real = os.ftruncate
+    monkeypatch.setattr(os, "ftruncate", lambda fd, n: (cuts.append(n), real(fd, n)))
+    store.add(_codes(np.random.default_rng(15), 1))
+    store.add(_codes(np.random.default_rng(16), 1))
+    assert cuts == []  # a truncation to the same size would commit the journal at the fsync
+    log = wal.log_path(store.path)
+    end = log.stat().st_size
+    log.write_bytes(log.read_bytes() + b"torn")
+    store.add(_codes(np.random.default_rng(17), 1))
+    assert cuts == [end] and IndexStore(store.path).verify()["torn_bytes"] == 0
+
+
 def test_searches_on_snapshots_while_a_writer_adds(store: IndexStore) -> None:
     rng = np.random.default_rng(14)
     q = _codes(rng, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 
@@ -29,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=SERVE_TORCH_THREADS, metavar="N",
                    help="CPU threads of one forward pass (default 1: concurrent requests, "
                         "batched into shared passes, and searches use the other cores)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the port and the archive (default 1): each "
+                        "has its own interpreter lock, and an item added through one is found "
+                        "through every other as soon as its addition is answered; worth it "
+                        "only with cores to spare (on 2 cores it was no faster)")
     p.set_defaults(func=run)
 
 
@@ -58,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     # The service stack (FastAPI, uvicorn) is imported only by the verb that needs it.
     import uvicorn
 
-    from ahcl.serve import Archive, ServeSettings, create_app
+    from ahcl.serve import Archive, ServeSettings
     from ahcl.serve.settings import is_loopback
+    from ahcl.serve.workers import APP_FACTORY, CONFIG_ENV, WorkerConfig, open_app
 
     token = args.token or os.environ.get("AHCL_TOKEN") or None
     if args.allow_writes and not token and not is_loopback(args.host):
@@ -69,14 +76,28 @@ def run(args: argparse.Namespace) -> int:
         raise AhclError(f"--port must be in [0, 65535], got {args.port}")
     if not 1 <= args.torch_threads <= 1024:
         raise InvalidValueError("--torch-threads", args.torch_threads, "an integer in [1, 1024]")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise InvalidValueError("--workers", args.workers, f"an integer in [1, {MAX_WORKERS}]")
     settings = ServeSettings(host=args.host, token=token, allow_writes=args.allow_writes,
                              max_upload_bytes=int(args.max_upload_mb * 2**20),
                              max_pixels=args.max_pixels)
     _check_port_free(args.host, args.port)
-    import torch  # this process is the server's: its thread count is the server's to set
-
-    torch.set_num_threads(args.torch_threads)
-    archive = Archive.open(args.source, run=args.run, run_options=run_options(args))
-    uvicorn.run(create_app(archive, settings), host=args.host, port=args.port,
-                log_level="info" if args.verbose else "warning")
+    config = WorkerConfig(source=args.source, run=args.run, run_options=run_options(args),
+                          settings=dataclasses.asdict(settings), torch_threads=args.torch_threads)
+    log_level = "info" if args.verbose else "warning"
+    if args.workers == 1:
+        uvicorn.run(open_app(config), host=args.host, port=args.port, log_level=log_level)
+        return 0
+    # Opened once here so that a bad source is one clear line: uvicorn would restart a worker
+    # that fails to open it, again and again.
+    Archive.open(args.source, run=args.run, run_options=config.run_options)
+    os.environ[CONFIG_ENV] = config.to_env()  # the workers' environment (spawned from this one)
+    uvicorn.run(APP_FACTORY, factory=True, workers=args.workers, host=args.host, port=args.port,
+                log_level=log_level, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
     return 0
+
+
+#: Most ``--workers``; and how long a worker may not answer its supervisor's ping before it is
+#: restarted (uvicorn's default, 5 s, is shorter than a long compaction may hold the GIL).
+MAX_WORKERS = 64
+WORKER_HEALTHCHECK_S = 60

@@ -90,6 +90,7 @@ class IndexStore:
         self._header = header
         self._file = _file_identity(self.path)
         self._log_end = 0 if log.stale else log.end
+        self._log_size = log.size  # the log's size when last read or written: see is_current
         self._log_records = len(log.records)
         self._verified = bool(verify) or not self._options["mmap"] \
             or header["file_size"] <= fmt.VERIFY_LIMIT
@@ -104,6 +105,17 @@ class IndexStore:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def is_current(self) -> bool:
+        """Whether no other process changed the index since this one last looked: two stats
+        (the file's identity, the log's size), no read. A writer of another process appends
+        and fsyncs its record before it acknowledges it, so once it has answered, this is
+        False until :meth:`refresh` (read-your-writes across processes, for microseconds)."""
+        try:
+            size = os.stat(wal.log_path(self.path)).st_size
+        except FileNotFoundError:
+            size = 0
+        return size == self._log_size and _file_identity(self.path) == self._file
 
     def refresh(self) -> bool:
         """Catch up with what other processes wrote (new log records: read and applied in
@@ -122,6 +134,7 @@ class IndexStore:
             return True
         log = wal.read_log(self.path, self._header["token"], self._header["n_bits"],
                            self._header["semantic_bits"], start=self._log_end)
+        self._log_size = log.size
         if log.stale:
             if self._log_end:  # our log is gone but the file is the same: start over from it
                 self._open(verify=None)
@@ -180,11 +193,12 @@ class IndexStore:
                 wal.start_log(self.path, self._header["token"], self._header["n_bits"],
                               self._header["semantic_bits"])
                 self._log_end, self._log_records = wal.HEADER_SIZE, 0
+                self._log_size = wal.HEADER_SIZE
             yield
 
     def _commit(self, index: HammingIndex, record: bytes) -> None:
         """Make ``record`` durable, then publish ``index`` (the state it leads to)."""
-        self._log_end = wal.append(self.path, self._log_end, record)
+        self._log_end = self._log_size = wal.append(self.path, self._log_end, record)
         self._log_records += 1
         self._index = index
 

@@ -206,7 +206,10 @@ def append(index_path: str | os.PathLike, at: int, record: bytes) -> int:
     path = log_path(index_path)
     fd = os.open(path, os.O_WRONLY)
     try:
-        os.ftruncate(fd, at)
+        # Only a torn record is cut off: a truncation, even to the same size, makes the fsync
+        # below commit the file system's journal (measured on ext4: 3.0 ms instead of 0.17).
+        if os.fstat(fd).st_size != at:
+            os.ftruncate(fd, at)
         os.lseek(fd, at, os.SEEK_SET)
         view = memoryview(record)
         while view:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
@@ -47,8 +46,6 @@ from ahcl.serve.uploads import Upload
 
 #: Name of the index file written inside a run folder on the first change.
 ARCHIVE_INDEX = "archive.index"
-#: How stale a read may be about other processes' writes (this process's are seen at once).
-REFRESH_SECONDS = 0.5
 
 
 class UnknownItemError(AhclError, KeyError):
@@ -80,8 +77,10 @@ class Archive:
     encode, a write's fsync or a compaction. Writes are serialised (in this process and, through
     the index's file lock, with every other writer) and are one write-ahead-log record each
     (:class:`ahcl.index.store.IndexStore`), so their cost grows with the batch, not the archive.
-    Changes other processes make (``ahcl index add``, another server) are picked up within
-    :data:`REFRESH_SECONDS` by searches, and at once by writes.
+    Changes other processes make (``ahcl index add``, another worker of the same server) are
+    seen by the next write, and by the next read after they are acknowledged unless that read
+    overlaps a write of this process (:meth:`_current`), so several server processes can serve
+    one archive.
 
     Args:
         run: the run whose network encodes queries and uploads.
@@ -112,7 +111,6 @@ class Archive:
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._thumb_cap = int(thumb_cache)
         self._thumb_lock = threading.Lock()
-        self._refreshed = time.monotonic()
         self._seen_external = 0
         self._uploads: dict[str, set[int]] | None = None
         self._compacting: threading.Thread | None = None
@@ -166,19 +164,35 @@ class Archive:
         return len(self._current())
 
     def _current(self) -> HammingIndex:
-        """The snapshot to read, after catching up with other processes' writes at most every
-        :data:`REFRESH_SECONDS` (a stat and a read of the new log bytes; skipped, not waited
-        for, while a write or another refresh runs)."""
-        store = self._store
-        if store is not None and time.monotonic() - self._refreshed > REFRESH_SECONDS \
-                and self._write_lock.acquire(blocking=False):
+        """The snapshot to read, caught up with every change another process (another server
+        worker, ``ahcl index add``) acknowledged before this call: a stat of the index file
+        and of its log per read, and a read of the new log bytes when they grew.
+
+        A read never waits for a write: while this process is writing (its write catches up
+        with the others' records first, under the file lock), the read takes the snapshot
+        before that write, which may lack what another process acknowledged during it."""
+        if self._store is None:
+            if self.index_path.is_file() and self._write_lock.acquire(blocking=False):
+                try:  # another process made the file: read it from now on
+                    self._adopt_file()
+                finally:
+                    self._write_lock.release()
+        elif not self._store.is_current() and self._write_lock.acquire(blocking=False):
             try:
-                self._refreshed = time.monotonic()
-                store.refresh()
+                self._store.refresh()
                 self._note_external()
             finally:
                 self._write_lock.release()
         return self.index
+
+    def _adopt_file(self) -> None:
+        """Serve the index file another process wrote since this in-memory archive opened
+        (the caller holds the write lock)."""
+        if self._store is None and self.index_path.is_file():
+            store = IndexStore(self.index_path, verify=True)
+            self.run.check_index(store.index, self.index_path)
+            self._store, self._memory = store, None
+            self.revision += 1
 
     def class_name(self, label: int) -> str | None:
         return self.classes[label] if 0 <= label < len(self.classes) else None

@@ -19,6 +19,7 @@ from ahcl.data.scenes import SceneCatalog
 from ahcl.index.hits import items_feature_collection
 from ahcl.run import index_scenes
 from ahcl.serve.deps import ArchiveDep, ItemId, SettingsDep, require_write, upload_form
+from ahcl.serve.offload import run_blocking
 from ahcl.serve.routing import ServeRoute
 from ahcl.serve.settings import MAX_FORM_FILES
 from ahcl.serve.store import Archive
@@ -115,19 +116,26 @@ def list_items(archive: ArchiveDep,
 
 @router.post("/items", status_code=201, summary="Add images to the archive (needs write access)",
              dependencies=[Depends(require_write), Depends(upload_form(MAX_FORM_FILES))])
-def add_items(archive: ArchiveDep, settings: SettingsDep,
-              image: Annotated[list[UploadFile], File(description="one or more images")],
-              label: Annotated[str | None, Form(description="class name (optional)")] = None,
-              ) -> dict[str, Any]:
+async def add_items(archive: ArchiveDep, settings: SettingsDep,
+                    image: Annotated[list[UploadFile], File(description="one or more images")],
+                    label: Annotated[str | None, Form(description="class name (optional)")] = None,
+                    ) -> dict[str, Any]:
     """Stores the images, indexes their codes and saves the index atomically. With a
     ``label`` the codes come from the run's database-code step, else from the network."""
     if label is not None and label not in archive.classes:
         raise HTTPException(422, f"unknown class {label[:60]!r}; classes: "
                                  + ", ".join(archive.classes))
     index = None if label is None else archive.classes.index(label)
-    uploads = decode_uploads([f.file.read() for f in image], settings.max_pixels)
-    items = archive.add(uploads, index)
-    return {"items": [with_image_url(it) for it in items], "count": len(archive)}
+    datas = [await f.read() for f in image]
+    items, count = await run_blocking(_add, archive, datas, settings.max_pixels, index)
+    return {"items": [with_image_url(it) for it in items], "count": count}
+
+
+def _add(archive: Archive, datas: list[bytes], max_pixels: int, label: int | None
+         ) -> tuple[list[dict[str, Any]], int]:
+    """The blocking part of an addition: decode, encode, store; the new records and the size."""
+    items = archive.add(decode_uploads(datas, max_pixels), label)
+    return items, len(archive)
 
 
 @router.get("/items/{item_id}", summary="One archive item")

@@ -18,6 +18,7 @@ from ahcl.index import Hit
 from ahcl.index.hits import hits_feature_collection
 from ahcl.index.packing import unpack_codes
 from ahcl.serve.deps import ArchiveDep, SettingsDep, upload_form
+from ahcl.serve.offload import run_blocking
 from ahcl.serve.routes.items import (GEOJSON_RESPONSE, FormatQuery, archive_scenes,
                                      geojson_response, image_url, item_metas, public_place)
 from ahcl.serve.routing import ServeRoute
@@ -66,8 +67,14 @@ class SearchBody(BaseModel):
              responses=GEOJSON_RESPONSE,
              description=RESULT + " A multipart upload sent here is served as by "
                                   "`POST /api/search/image`.")
-def search_by_id(body: SearchBody, archive: ArchiveDep,
-                 format: FormatQuery = "json") -> dict[str, Any] | JSONResponse:
+async def search_by_id(body: SearchBody, archive: ArchiveDep,
+                       format: FormatQuery = "json") -> dict[str, Any] | JSONResponse:
+    return await run_blocking(answer_search, body, archive, format)
+
+
+def answer_search(body: SearchBody, archive: Archive, format: str
+                  ) -> dict[str, Any] | JSONResponse:
+    """The blocking part of a JSON search: from a place or from an archive item."""
     if any(getattr(body, f) is not None for f in PLACE_FIELDS):
         if body.id is not None:
             raise HTTPException(422, "give an item id or a place (scene and window, or lon and "
@@ -102,7 +109,7 @@ async def no_place_fields(request: Request) -> None:
 @router.post("/image", summary="Search by an uploaded image", description=RESULT,
              response_model=None, responses=GEOJSON_RESPONSE,
              dependencies=[Depends(upload_form(max_images=1)), Depends(no_place_fields)])
-def search_by_image(
+async def search_by_image(
         archive: ArchiveDep, settings: SettingsDep,
         image: Annotated[UploadFile, File(description="query image (JPEG, PNG, TIFF, ...)")],
         k: Annotated[int, Form(ge=1, le=MAX_K, description="number of hits")] = 10,
@@ -111,8 +118,14 @@ def search_by_image(
         format: FormatQuery = "json",
 ) -> dict[str, Any] | JSONResponse:
     check_radius(archive, radius)
-    upload = decode_upload(image.file.read(), settings.max_pixels)
-    code = archive.encode([upload.image])
+    return await run_blocking(_search_upload, archive, await image.read(), settings.max_pixels,
+                              k, radius, format)
+
+
+def _search_upload(archive: Archive, data: bytes, max_pixels: int, k: int, radius: int | None,
+                   format: str) -> dict[str, Any] | JSONResponse:
+    """The blocking part of a search by image: decode, encode, search."""
+    code = archive.encode([decode_upload(data, max_pixels).image])
     return respond(archive, code, archive.search(code, k, radius), None, format, "upload")
 
 

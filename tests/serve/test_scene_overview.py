@@ -244,3 +244,21 @@ def test_overview_of_the_real_scene(shared_dir: Path, tmp_path: Path) -> None:
     assert np.allclose(info.corners, [(b.left, b.top), (b.right, b.top), (b.right, b.bottom),
                                       (b.left, b.bottom)], rtol=0, atol=1e-9)
     assert info.bounds == pytest.approx((b.left, b.bottom, b.right, b.top))
+
+
+def test_a_tile_thumbnail_reads_the_bands_it_was_indexed_with(tiny_run_dir: Path,
+                                                              tmp_path: Path) -> None:
+    from ahcl.data.scenes import read_window
+    from ahcl.index import HammingIndex
+    from ahcl.serve.store import _item_image
+
+    mosaic = write_mosaic(chips_of(tiny_run_dir), tmp_path / "mosaic.tif")
+    index = tmp_path / "bgr.index"
+    assert main(["index", "build", str(tiny_run_dir), "--out", str(index), "--scenes",
+                 str(mosaic), "--tile", str(SIDE), "--stride", str(SIDE), "--bands", "3,2,1"]) == 0
+    meta = HammingIndex.load(index).meta_of([0])[0]
+    assert meta["bands"] == [3, 2, 1]
+    got = np.asarray(_item_image(meta))
+    bgr = read_window(mosaic, meta["window"], bands=(3, 2, 1)).image
+    np.testing.assert_array_equal(got, np.asarray(bgr))
+    assert not np.array_equal(got, np.asarray(read_window(mosaic, meta["window"]).image))

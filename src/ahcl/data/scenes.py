@@ -640,15 +640,21 @@ def scene_catalog(metas: Iterable[dict[str, Any] | None]) -> SceneCatalog:
         scenes[name] = scenes.get(name, False) or bool(meta.get("geometry"))
         counts[name] += 1
         if name not in bands:
-            read = meta.get("bands")
-            ok = isinstance(read, list) and len(read) == 3 and all(
-                isinstance(b, int) and not isinstance(b, bool) for b in read)
-            bands[name] = tuple(read) if ok else None
+            bands[name] = meta_bands(meta)
         if isinstance(window, list) and len(window) == 4 and window[2] == window[3]:
             sides[int(window[2])] += 1
     tile = min(sides, key=lambda side: (-sides[side], side)) if sides else None
     return SceneCatalog(tuple(scenes), tuple(n for n, geo in scenes.items() if geo), tile,
                         tuple(counts[n] for n in scenes), tuple(bands[n] for n in scenes))
+
+
+def meta_bands(meta: dict[str, Any]) -> tuple[int, ...] | None:
+    """The bands a tile's meta says it was read with; None when it does not say (items of
+    indexes built before items kept them) or says something malformed."""
+    read = meta.get("bands")
+    ok = isinstance(read, list) and len(read) == 3 and all(
+        isinstance(b, int) and not isinstance(b, bool) for b in read)
+    return tuple(read) if ok else None
 
 
 def place_tile(catalog: SceneCatalog, *, scene: str | os.PathLike | None = None,

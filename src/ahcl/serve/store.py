@@ -32,7 +32,7 @@ from PIL import Image
 
 from ahcl._io import atomic_write_bytes, fsync_folder
 from ahcl.data.images import ImageReadError, load_rgb
-from ahcl.data.scenes import SceneError, read_window
+from ahcl.data.scenes import SceneError, meta_bands, read_window
 from ahcl.errors import AhclError, IndexFileError
 from ahcl.index import HammingIndex, Hit, search_results
 from ahcl.index import format as index_format
@@ -495,7 +495,7 @@ def _item_image(meta: dict[str, Any]) -> Image.Image:
         ImageReadError, SceneError: neither can be read.
     """
     if meta.get("scene") and meta.get("window"):
-        return read_window(meta["scene"], meta["window"]).image
+        return read_window(meta["scene"], meta["window"], bands=meta_bands(meta)).image
     if not meta.get("path"):
         raise ImageReadError("no image")
     return load_rgb(meta["path"])

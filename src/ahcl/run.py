@@ -296,7 +296,8 @@ class Run:
         Reading runs in :attr:`reading_workers` data-loading processes while the forward pass
         runs here; ``batch_size`` windows per batch. By default that is this process when the
         network runs on the CPU (the forward pass takes every core, and reading is about a
-        tenth of the time: on 2 cores, 2 reading workers made a 5,000² scene 15 % slower), and
+        tenth of the time: on 2 cores, 2 reading workers made bench_scenes' 10,000² scene 15 %
+        slower and its 5,000² one 20 %), and
         :func:`~ahcl.device.default_workers` processes on an accelerator, where reading is what
         the network waits for. A single batch is read here. A window mostly nodata is skipped.
         ``bar``, if given, is advanced by each batch's windows.

@@ -27,7 +27,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ahcl._io import atomic_write, atomic_write_json, atomic_write_text, file_digest
 from ahcl._version import __version__
@@ -50,7 +49,7 @@ from ahcl.index.index import search_results
 from ahcl.index.hits import Hit
 from ahcl.index.packing import pack_codes
 from ahcl.methods.ahcl import CodeState, code_new_rows
-from ahcl.models.features import worker_threads
+from ahcl.models.features import data_loader
 from ahcl.methods.instance import InstanceProjection
 from ahcl.methods.registry import KINDS
 
@@ -310,11 +309,8 @@ class Run:
             SceneError: a window cannot be read (damage inside a block).
         """
         reader = TileReader(scenes, units)
-        workers = max(0, min(self.reading_workers, -(-len(units) // batch_size) - 1))
-        loader = DataLoader(reader, batch_size=batch_size, num_workers=workers,
-                            collate_fn=list, persistent_workers=False,
-                            prefetch_factor=2 if workers else None,
-                            worker_init_fn=worker_threads if workers else None)
+        # The batches are lists of tiles (PIL images and metadata), not tensors: nothing to pin.
+        loader = data_loader(reader, batch_size, self.reading_workers, CPU, collate=list)
         kept: list[int] = []
         codes: list[np.ndarray] = []
         metas: list[dict[str, Any]] = []

@@ -91,12 +91,12 @@ def test_one_process_damaged_block_is_one_line(tiny_run, scenes, tmp_path):
 
 def test_windows_read_in_worker_processes_give_the_same_tiles(tiny_run, scenes, tmp_path,
                                                                monkeypatch):
-    import ahcl.run as run_module
+    import ahcl.models.features as features_module
     from ahcl.data.scenes import scene_tiles
 
     made: list[int] = []
-    real = run_module.DataLoader
-    monkeypatch.setattr(run_module, "DataLoader",
+    real = features_module.DataLoader
+    monkeypatch.setattr(features_module, "DataLoader",
                         lambda *a, **kw: made.append(kw["num_workers"]) or real(*a, **kw))
     opened = [scene_tiles(f, tile=32, stride=32) for f in _files(scenes)]
     units = [(s, w) for s, t in enumerate(opened) for w in range(len(t.positions))]

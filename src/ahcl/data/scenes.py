@@ -357,21 +357,15 @@ class SceneTiles:
 
     def __iter__(self) -> Iterator[Tile]:
         self.nodata_skipped = 0
-        for _, tile in self.tiles_at(range(len(self.positions))):
-            if tile is None:
-                self.nodata_skipped += 1
-                continue
-            yield tile
-
-    def tiles_at(self, indices: Iterable[int]) -> Iterator[tuple[int, Tile | None]]:
-        """The tiles at these indices of :attr:`positions`, in the order given, as ``(index,
-        tile)``; ``tile`` is None where the window is mostly nodata. The scene is opened once
-        for the whole iteration (the sharded encoder reads its share of a scene this way)."""
         scene = _Scene(self.path, self.bands, warn=False)
         try:
             scene.check_tile(self.tile)
-            for i in indices:
-                yield i, scene.tile(self.positions[i], self.min_valid)
+            for window in self.positions:
+                tile = scene.tile(window, self.min_valid)
+                if tile is None:
+                    self.nodata_skipped += 1
+                    continue
+                yield tile
         finally:
             scene.close()
 

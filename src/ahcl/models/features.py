@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -257,23 +257,27 @@ def _inference_form(backbone: Backbone | InferenceBackbone, placement: Placement
     return backbone
 
 
-def worker_threads(_: int) -> None:
+def _worker_threads(_: int) -> None:
     # One intra-op thread per decoding worker (DataLoader's default too, made explicit): the
     # cores belong to the forward pass in the main process, whose thread count is the caller's.
     torch.set_num_threads(1)
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int | None,
-            placement: Placement) -> DataLoader:
-    """The DataLoader of one pass: workers only where there is a later batch to overlap with."""
+def data_loader(dataset: Dataset, batch_size: int, num_workers: int | None,
+                placement: Placement, collate: Callable[[list], Any] | None = None
+                ) -> DataLoader:
+    """The DataLoader of one pass over ``dataset`` (decoding images, or reading scene windows):
+    ``num_workers`` processes (``None``: :func:`~ahcl.device.default_workers`), but only where
+    there is a later batch to overlap with; ``collate`` builds a batch (default: stack the
+    readable images, channels_last)."""
     workers = default_workers() if num_workers is None else num_workers
     workers = max(0, min(workers, -(-len(dataset) // batch_size) - 1))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=_collate, pin_memory=placement.is_cuda,
+                      collate_fn=collate or _collate, pin_memory=placement.is_cuda,
                       # one pass per loader: persistent workers would only outlive it
                       persistent_workers=False,
                       prefetch_factor=PREFETCH_FACTOR if workers else None,
-                      worker_init_fn=worker_threads if workers else None)
+                      worker_init_fn=_worker_threads if workers else None)
 
 
 def _compute(model: InferenceBackbone, paths: list[str], keys: list[str] | None, batch_size: int,
@@ -284,7 +288,7 @@ def _compute(model: InferenceBackbone, paths: list[str], keys: list[str] | None,
 
     Returns the features ``float32 (len(paths), feature_dim)`` and ``(path, message)`` per failure.
     """
-    loader = _loader(_ImageFiles(paths, model.transform), batch_size, num_workers,
+    loader = data_loader(_ImageFiles(paths, model.transform), batch_size, num_workers,
                      model.placement)
     out = np.zeros((len(paths), model.feature_dim), dtype=np.float32)
     failed: list[tuple[str, str]] = []

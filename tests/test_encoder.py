@@ -80,6 +80,12 @@ def test_uploaded_images_get_the_codes_of_their_files(images, tmp_path, finetune
     uploads = [Image.open(p) for p in images]
     np.testing.assert_array_equal(encoder.encode_images(uploads), encoder.encode(images))
     assert encoder.encode_images([]).shape == (0, N_BITS // 8)
+    # The service's split: inputs made on each request's thread, then one forward pass (of
+    # more images than one batch here) gives the same codes.
+    inputs = encoder.image_inputs(uploads)
+    assert len(inputs) == len(uploads) > encoder.batch_size
+    np.testing.assert_array_equal(encoder.encode_inputs(inputs), encoder.encode(images))
+    assert encoder.encode_inputs([]).shape == (0, N_BITS // 8)
 
 
 def test_sign_of_zero_is_plus_one(images, tmp_path):

@@ -23,7 +23,8 @@ from ahcl.errors import RunError
 from ahcl.index.packing import pack_codes
 from ahcl.methods.instance import InstanceProjection
 from ahcl.models.backbones import Backbone, create_backbone
-from ahcl.models.features import extract_features, image_features, pil_features
+from ahcl.models.features import (extract_features, image_features, input_features,
+                                  pil_features, pil_inputs)
 from ahcl.models.heads import HashNet
 from ahcl.models.inference import CPU, InferenceBackbone, inference_model
 
@@ -167,6 +168,16 @@ class Encoder:
     def image_features(self, images: Sequence[Any]) -> np.ndarray:
         """Backbone features ``float32 (len(images), d)`` of in-memory PIL images."""
         return pil_features(images, self._features, self.batch_size)
+
+    def image_inputs(self, images: Sequence[Any]) -> list[torch.Tensor]:
+        """The network inputs of in-memory PIL images (the backbone's transform, in this
+        thread): :meth:`encode_inputs` of them equals :meth:`encode_images` of the images."""
+        return pil_inputs(images, self._features)
+
+    def encode_inputs(self, inputs: Sequence[torch.Tensor]) -> np.ndarray:
+        """Codes of network inputs made by :meth:`image_inputs`: packed uint8
+        ``(len(inputs), n_bits/8)``; the forward passes alone."""
+        return self.codes_of_features(input_features(inputs, self._features, self.batch_size))
 
     def u_of_features(self, features: np.ndarray) -> np.ndarray:
         """The head on backbone features: float (n, d) → ``u`` float32 (n, semantic_bits), run on the

@@ -160,6 +160,16 @@ class Run:
         """Network codes of in-memory RGB PIL images: packed uint8 (len(images), n_bits/8)."""
         return self.encoder().encode_images(images)
 
+    def image_inputs(self, images: Sequence[Any]) -> list[Any]:
+        """The network inputs (tensors) of in-memory PIL images, made in this thread; see
+        :meth:`encode_inputs`."""
+        return self.encoder().image_inputs(images)
+
+    def encode_inputs(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Network codes of inputs made by :meth:`image_inputs` (equal to
+        :meth:`encode_images` of their images): packed uint8 (len(inputs), n_bits/8)."""
+        return self.encoder().encode_inputs(inputs)
+
     def codes_for_labelled(self, paths: Sequence[str | Path], labels: np.ndarray, *,
                            images: Sequence[Any] | None = None) -> np.ndarray:
         """Database codes for new labelled images: the code step for those rows alone.

@@ -327,14 +327,15 @@ def test_concurrent_encodes_share_one_forward_pass(api, monkeypatch: pytest.Monk
     passes: list[int] = []
     started = threading.Event()
 
-    def fake_encode(images):
-        passes.append(len(images))
+    def fake_encode(inputs):
+        passes.append(len(inputs))
         started.set()
         if len(passes) == 1:
             time.sleep(0.3)  # the first pass is slow: the others queue meanwhile
-        return np.array([[im.getpixel((0, 0))[0]] * 8 for im in images], dtype=np.uint8)
+        return np.array([[im.getpixel((0, 0))[0]] * 8 for im in inputs], dtype=np.uint8)
 
-    monkeypatch.setattr(archive.run, "encode_images", fake_encode)
+    monkeypatch.setattr(archive.run, "image_inputs", list)  # the images stand for their inputs
+    monkeypatch.setattr(archive.run, "encode_inputs", fake_encode)
     images = [Image.new("RGB", (4, 4), (v, 0, 0)) for v in range(7)]
     got: dict[int, np.ndarray] = {}
 

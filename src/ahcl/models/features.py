@@ -231,11 +231,25 @@ def pil_features(images: Sequence[Any], model: InferenceBackbone,
     Returns:
         ``float32 (len(images), feature_dim)``.
     """
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack([model.transform(img.convert("RGB"))
-                             for img in images[start:start + batch_size]])
-        out.append(model.features(batch))
+    out = [input_features(pil_inputs(images[start:start + batch_size], model), model,
+                          batch_size) for start in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, model.feature_dim), np.float32)
+
+
+def pil_inputs(images: Sequence[Any], model: InferenceBackbone) -> list[torch.Tensor]:
+    """The network inputs of in-memory PIL images: ``model.transform`` of each (resize, crop,
+    normalise), run in the calling thread. The service runs it on each request's own thread,
+    outside the lock of the shared forward pass (:func:`input_features`)."""
+    return [model.transform(img.convert("RGB")) for img in images]
+
+
+def input_features(inputs: Sequence[torch.Tensor], model: InferenceBackbone,
+                   batch_size: int = 32) -> np.ndarray:
+    """Features of network inputs made by :func:`pil_inputs`, in forward passes of at most
+    ``batch_size``: ``float32 (len(inputs), feature_dim)``."""
+    inputs = list(inputs)
+    out = [model.features(torch.stack(inputs[start:start + batch_size]))
+           for start in range(0, len(inputs), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.feature_dim), np.float32)
 
 

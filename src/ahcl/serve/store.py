@@ -256,15 +256,17 @@ class Archive:
     def encode(self, images: list[Image.Image]) -> np.ndarray:
         """Network codes of RGB images: packed ``uint8 (n, n_bits/8)``.
 
-        Concurrent calls are batched (:mod:`ahcl.serve.batching`): requests that arrive while a
-        forward pass runs are encoded together in the next one (up to :data:`ENCODE_BATCH`
-        images); a lone request is encoded at once.
+        Each image is turned into the network's input (resize, crop, normalise) on the
+        calling thread, so the serialised step holds only the forward pass. Concurrent calls
+        are batched (:mod:`ahcl.serve.batching`): requests that arrive while a forward pass runs
+        are encoded together in the next one (up to :data:`ENCODE_BATCH` images); a lone
+        request is encoded at once.
         """
-        return self._encode_batch(list(images))
+        return self._encode_batch(self.run.image_inputs(list(images)))
 
-    def _encode_step(self, works: list[list[Image.Image]]) -> list[np.ndarray]:
-        codes = self.run.encode_images([im for images in works for im in images])
-        return _split(codes, [len(images) for images in works])
+    def _encode_step(self, works: list[list[Any]]) -> list[np.ndarray]:
+        codes = self.run.encode_inputs([x for inputs in works for x in inputs])
+        return _split(codes, [len(inputs) for inputs in works])
 
     def search(self, code: np.ndarray, k: int, radius: int | None = None,
                exclude: int | None = None) -> list[Hit]:

@@ -103,8 +103,10 @@ class Client:
             raise RuntimeError(f"{path}: HTTP {response.status}: {payload[:200]!r}")
         return took, json.loads(payload)
 
-    def add(self, seed: int) -> tuple[float, list[int]]:
-        body, ctype = multipart({}, [("image", f"n{seed}.png", png(seed))])
+    def add(self, seed: int, data: bytes | None = None) -> tuple[float, list[int]]:
+        """One single-image addition (``data``, else the PNG of ``seed``): (seconds, ids)."""
+        body, ctype = multipart({}, [("image", f"n{seed}.png",
+                                      png(seed) if data is None else data)])
         took, out = self.post("/api/items", body, ctype, auth=True)
         return took, [item["id"] for item in out["items"]]
 
@@ -113,12 +115,29 @@ class Client:
                          "application/json")[0]
 
 
-def client_loop(url: str, first: int, count: int, step: int) -> tuple[list[int], list[str]]:
-    """Additions ``first, first + step, ... < count`` from one connection: (ids, errors)."""
+def write_pngs(path: Path, seeds: range) -> None:
+    """The PNGs of ``seeds``, made before the clock starts so that the load generator, which
+    shares the machine's cores with the server, spends no CPU on them while timed: one
+    ``.npz`` of their bytes and offsets."""
+    datas = [png(seed) for seed in seeds]
+    np.savez(path, blob=np.frombuffer(b"".join(datas), np.uint8),
+             ends=np.cumsum([len(d) for d in datas]))
+
+
+def read_pngs(path: str) -> list[bytes]:
+    with np.load(path) as f:
+        blob, ends = f["blob"].tobytes(), f["ends"]
+    return [blob[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
+
+
+def client_loop(url: str, first: int, count: int, step: int, pngs: str
+                ) -> tuple[list[int], list[str]]:
+    """Additions ``first, first + step, ... < count`` from one connection, of the images
+    :func:`write_pngs` saved in ``pngs``: (ids, errors)."""
     client, ids = Client(url), []
     try:
-        for j in range(first, count, step):
-            ids += client.add(10**7 + j)[1]
+        for j, data in zip(range(first, count, step), read_pngs(pngs)):
+            ids += client.add(10**7 + j, data)[1]
     except Exception as exc:  # recorded, the run reports it
         return ids, [str(exc)[:200]]
     return ids, []
@@ -207,6 +226,9 @@ def stream(run: Path, root: Path, n: int, count: int, clients: int, workers: int
     built = time.perf_counter() - start
     ids: list[int] = []
     errors: list[str] = []
+    pngs = [str(root / f"pngs{c}.npz") for c in range(clients)]
+    for c, where in enumerate(pngs):
+        write_pngs(Path(where), range(10**7 + c, 10**7 + count, clients))
     with serve_cli(path, run, workers) as url:
         Client(url).add(0)  # warm
         # The clients are other processes, as real ones are (not threads beside the server).
@@ -216,7 +238,7 @@ def stream(run: Path, root: Path, n: int, count: int, clients: int, workers: int
             list(pool.map(time.sleep, [1.0] * clients))
             start = time.perf_counter()
             for got, failed in pool.map(client_loop, [url] * clients, range(clients),
-                                        [count] * clients, [clients] * clients):
+                                        [count] * clients, [clients] * clients, pngs):
                 ids += got
                 errors += failed
             wall = time.perf_counter() - start

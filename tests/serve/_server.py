@@ -30,6 +30,34 @@ def serve_process(*args: str) -> subprocess.Popen:
                             env={**os.environ, "AHCL_PROGRESS": "0"})
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass  # gone meanwhile
+    return out
+
+
+def wait_exited(pid: int, timeout: float = 30) -> None:
+    """Until process ``pid`` has exited (or is a zombie its parent has not reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} is still running after {timeout} s")
+
+
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     """Until ``GET url/api/health`` answers 200; fails with the server's stderr if it exits."""
     deadline = time.monotonic() + timeout

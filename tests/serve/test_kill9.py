@@ -15,7 +15,8 @@ import pytest
 
 from ahcl.cli import main
 from ahcl.index import HammingIndex
-from tests.serve._server import free_port, serve_process, wait_healthy
+from tests.serve._server import (child_pids, free_port, serve_process, wait_exited,
+                                 wait_healthy)
 from tests.serve.conftest import noise_png
 
 TOKEN = "t0ken"
@@ -57,8 +58,12 @@ def test_kill9_during_additions_loses_no_acknowledged_item(tiny_run, tmp_path):
         deadline = time.monotonic() + 60
         while len(acked) < 8 and time.monotonic() < deadline:
             time.sleep(0.05)
+        writers = child_pids(proc.pid)
+        assert writers  # the additions run in the server's writer process
         os.kill(proc.pid, signal.SIGKILL)  # mid-stream: a request is most likely in flight
         proc.wait(timeout=30)
+        for pid in writers:  # the writer sees its pipe close, ends what it began, and exits
+            wait_exited(pid)
         stop.set()
         worker.join(timeout=60)
     finally:

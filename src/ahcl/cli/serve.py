@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "has its own interpreter lock, and an item added through one is found "
                         "through every other as soon as its addition is answered; worth it "
                         "only with cores to spare (on 2 cores it was no faster)")
+    p.add_argument("--inline-writes", action="store_true",
+                   help="add uploads on the server's own threads instead of in a writer process "
+                        "at a lower CPU priority (the default when writes are allowed, so that "
+                        "searches keep their latency while clients add)")
     p.set_defaults(func=run)
 
 
@@ -83,10 +87,15 @@ def run(args: argparse.Namespace) -> int:
                              max_pixels=args.max_pixels)
     _check_port_free(args.host, args.port)
     config = WorkerConfig(source=args.source, run=args.run, run_options=run_options(args),
-                          settings=dataclasses.asdict(settings), torch_threads=args.torch_threads)
+                          settings=dataclasses.asdict(settings), torch_threads=args.torch_threads,
+                          writer=bool(token or args.allow_writes) and not args.inline_writes)
     log_level = "info" if args.verbose else "warning"
     if args.workers == 1:
-        uvicorn.run(open_app(config), host=args.host, port=args.port, log_level=log_level)
+        app = open_app(config)
+        try:
+            uvicorn.run(app, host=args.host, port=args.port, log_level=log_level)
+        finally:
+            app.state.archive.close()  # the writer process, after its additions in flight
         return 0
     # Opened once here so that a bad source is one clear line: uvicorn would restart a worker
     # that fails to open it, again and again.

@@ -32,6 +32,7 @@ from ahcl.serve.routes import items, pages, scenes, search, service
 from ahcl.serve.settings import ServeSettings
 from ahcl.serve.store import Archive, UnknownItemError
 from ahcl.serve.uploads import UploadError
+from ahcl.serve.writer import WriterError
 
 __all__ = ["ServeSettings", "create_app"]
 
@@ -51,6 +52,7 @@ def create_app(archive: Archive, settings: ServeSettings | None = None) -> FastA
         app.include_router(router)
     app.add_exception_handler(UnknownItemError, _unknown_item)
     app.add_exception_handler(UploadError, _bad_upload)
+    app.add_exception_handler(WriterError, _writer_failed)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(SearchUploadAlias, path="/api/search", target="/api/search/image")
     app.add_middleware(BodyLimit, limit=app.state.settings.max_upload_bytes)  # outermost
@@ -63,6 +65,11 @@ async def _unknown_item(request: Request, exc: UnknownItemError) -> JSONResponse
 
 async def _bad_upload(request: Request, exc: UploadError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+
+async def _writer_failed(request: Request, exc: WriterError) -> JSONResponse:
+    """The writer process stopped during an addition, or failed it: 503, with why."""
+    return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -42,7 +42,8 @@ from ahcl.index.lock import writing
 from ahcl.index.store import IndexStore
 from ahcl.run import Run, load_run
 from ahcl.serve.batching import Batcher
-from ahcl.serve.uploads import Upload
+from ahcl.serve.uploads import Upload, decode_uploads
+from ahcl.serve.writer import WriterProcess
 
 #: Name of the index file written inside a run folder on the first change.
 ARCHIVE_INDEX = "archive.index"
@@ -114,6 +115,7 @@ class Archive:
         self._seen_external = 0
         self._uploads: dict[str, set[int]] | None = None
         self._compacting: threading.Thread | None = None
+        self._writer: WriterProcess | None = None
         self.run.encoder()  # build now: the first query should not pay for it
         if self._store is not None:  # a large file opened without its CRCs: check it meanwhile
             threading.Thread(target=self._check_quietly, daemon=True,
@@ -122,10 +124,14 @@ class Archive:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, source: str | Path, run: str | Path | None = None, *,
-             run_options: dict[str, Any] | None = None, **kwargs: Any) -> "Archive":
+             run_options: dict[str, Any] | None = None, writer: bool = False,
+             **kwargs: Any) -> "Archive":
         """Open a run folder or an index file (which needs ``run``) as an archive.
 
-        ``run_options`` go to :func:`ahcl.run.load_run` (``device``, ``precision``, ...).
+        ``run_options`` go to :func:`ahcl.run.load_run` (``device``, ``precision``, ...). With
+        ``writer``, :meth:`add_files` runs in a :class:`~ahcl.serve.writer.WriterProcess`
+        (started here) at a lower CPU priority, so that searches keep their latency while
+        others add; call :meth:`close` when done.
 
         Raises:
             AhclError: missing run for an index, unreadable files, or mismatched code lengths.
@@ -141,14 +147,21 @@ class Archive:
                 index = the_run.new_index()
                 index.add(the_run.db_codes, labels=the_run.db_labels,
                           meta=[{"path": p} for p in the_run.db_paths])
-            return cls(the_run, index, index_path, source / "archive.images", **kwargs)
-        if not source.is_file():
-            raise AhclError(f"{source} is neither a run folder nor an index file")
-        if run is None:
-            raise AhclError(f"serving the index {source} needs --run RUN, the run that encodes "
-                            "queries (or serve the run folder itself)")
-        return cls(load_run(run, **run_options), IndexStore(source), source,
-                   source.with_suffix(".images"), **kwargs)
+            archive = cls(the_run, index, index_path, source / "archive.images", **kwargs)
+        else:
+            if not source.is_file():
+                raise AhclError(f"{source} is neither a run folder nor an index file")
+            if run is None:
+                raise AhclError(f"serving the index {source} needs --run RUN, the run that "
+                                "encodes queries (or serve the run folder itself)")
+            archive = cls(load_run(run, **run_options), IndexStore(source), source,
+                          source.with_suffix(".images"), **kwargs)
+        if writer:
+            import torch
+
+            archive._writer = WriterProcess(cls.open, source, run, run_options,
+                                            torch_threads=torch.get_num_threads())
+        return archive
 
     # ------------------------------------------------------------------ reading
     @property
@@ -335,6 +348,31 @@ class Archive:
         self._compact_if_needed()
         return [self._record(int(i), int(lab), {"sha256": ""}) for i, lab in zip(ids, labels)]
 
+    def add_files(self, datas: list[bytes], max_pixels: int, label: int | None = None
+                  ) -> list[dict[str, Any]]:
+        """The service's addition: check and decode uploaded files
+        (:func:`ahcl.serve.uploads.decode_uploads`), then :meth:`add` them; in the writer
+        process if the archive has one (:meth:`open` with ``writer``), after which this
+        process catches up, so that a read after the answer finds the items.
+
+        Raises:
+            UploadError: a file is refused.
+            WriterError: the writer process failed or stopped during the addition.
+        """
+        if self._writer is None:
+            return self.add(decode_uploads(datas, max_pixels), label)
+        items = self._writer.add(datas, max_pixels, label)
+        self._current()
+        return items
+
+    def close(self) -> None:
+        """Stop the writer process (after its additions in flight) and wait for a compaction
+        in progress; the archive can still be read."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._compacting is not None:
+            self._compacting.join()
+
     def _commit_step(self, works: list[tuple]) -> list[np.ndarray]:
         """Index the images of several additions in one log record: one fsync of the images'
         folder and one of the log for the whole batch (group commit); all or nothing."""
@@ -404,14 +442,14 @@ class Archive:
         self._store, self._memory = store, None
 
     def _note_external(self) -> None:
-        """Forget what another process's changes (seen by the store) made stale."""
+        """Forget what another process's changes (seen by the store) made stale: the table of
+        uploads by content. (Cached thumbnails stay: ids are never reused, and a thumbnail is
+        only served for an id the current snapshot holds.)"""
         store = self._store
         if store is not None and store.external_changes != self._seen_external:
             self._seen_external = store.external_changes
             self._uploads = None
             self.revision += 1
-            with self._thumb_lock:
-                self._thumbs.clear()
 
     def _check_quietly(self) -> None:
         with contextlib.suppress(IndexFileError):  # reported (and refused) at the next write
@@ -453,12 +491,12 @@ class Archive:
         Raises:
             UnknownItemError: no such id, or its image file is gone or unreadable.
         """
+        _, meta = self._lookup(self._current(), item_id)  # removed meanwhile: not served
         with self._thumb_lock:
             hit = self._thumbs.get(item_id)
             if hit is not None:
                 self._thumbs.move_to_end(item_id)
                 return hit
-        _, meta = self._lookup(self._current(), item_id)
         try:
             image = _item_image(meta)
         except (ImageReadError, SceneError, Image.DecompressionBombError):

@@ -23,7 +23,6 @@ from ahcl.serve.offload import run_blocking
 from ahcl.serve.routing import ServeRoute
 from ahcl.serve.settings import MAX_FORM_FILES
 from ahcl.serve.store import Archive
-from ahcl.serve.uploads import decode_uploads
 
 router = APIRouter(prefix="/api", tags=["archive"], route_class=ServeRoute)
 MAX_PAGE = 500
@@ -134,7 +133,7 @@ async def add_items(archive: ArchiveDep, settings: SettingsDep,
 def _add(archive: Archive, datas: list[bytes], max_pixels: int, label: int | None
          ) -> tuple[list[dict[str, Any]], int]:
     """The blocking part of an addition: decode, encode, store; the new records and the size."""
-    items = archive.add(decode_uploads(datas, max_pixels), label)
+    items = archive.add_files(datas, max_pixels, label)
     return items, len(archive)
 
 

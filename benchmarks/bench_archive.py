@@ -2,20 +2,22 @@
 additions into a large index, and searches while another client adds.
 
     python benchmarks/bench_archive.py [--small 10000] [--large 1000000] [--repeats 100]
-                                       [--stream-n 10000000] [--stream 10000] [--clients 4]
+                                       [--stream-n 10000000] [--stream 10000] [--clients 4,16]
                                        [--workers 1]
 
 1. Trains a tiny run (tiny_cnn on synthetic scenes, seconds) that encodes uploads.
 2. Two index files of random 64-bit codes (the run's 16 + 48 split) with a path per item (``--small`` and ``--large``
-   items); each served by a real uvicorn server on 127.0.0.1. A single-image addition
+   items); each served by `ahcl serve` on 127.0.0.1 (its writer process). A single-image addition
    (``POST /api/items``: decode, encode, one fsynced log record) is timed ``--repeats`` times on
-   each; the figure is the ratio of the medians (large / small) and the large archive's p50.
+   each, in blocks alternated between the two; the figure is the ratio of the medians (large /
+   small) and the large archive's p50.
 3. Search p50 over HTTP (by id) on the large archive from a client process, alone and while
-   another client process adds continuously, served by ``ahcl serve --workers W`` (``--workers``
-   server processes, started as a user would).
-4. ``--stream`` single additions through the API from ``--clients`` client processes into an index of
-   ``--stream-n`` codes, served the same way; wall time, then the index reopened from disk to
-   check every acknowledged id is there.
+   another client process adds continuously (alternated in rounds on one server), served by
+   ``ahcl serve --workers W`` (``--workers`` server processes, started as a user would): with
+   its writer process (the default), then with ``--inline-writes`` as the reference.
+4. ``--stream`` single additions through the API from ``--clients`` client processes into an
+   index of ``--stream-n`` codes, served the same way (one stream per client count); wall time,
+   then the index reopened from disk to check every acknowledged id is there.
 
 Prints the CPU; writes ``benchmarks/results/archive.json``.
 """
@@ -45,14 +47,13 @@ from ahcl._io import atomic_write_json
 from ahcl.cli.serve import SERVE_TORCH_THREADS
 from ahcl.index import HammingIndex
 from ahcl.run import load_run
-from ahcl.serve import Archive, ServeSettings, create_app
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the harness lives in the repo
 from benchmarks.bench_encode import cpu_info  # noqa: E402
 from benchmarks.bench_serve import train_tiny_run  # noqa: E402
 from benchmarks.loadgen import multipart  # noqa: E402
-from tests.serve._server import (ServerThread, free_port, serve_process,  # noqa: E402
+from tests.serve._server import (free_port, serve_process,  # noqa: E402
                                  wait_healthy)
 
 TOKEN = "bench-token"
@@ -143,19 +144,14 @@ def client_loop(url: str, first: int, count: int, step: int, pngs: str
     return ids, []
 
 
-def serve(index_path: Path, run: Path) -> ServerThread:
-    archive = Archive.open(index_path, run=run)
-    return ServerThread(create_app(archive, ServeSettings(token=TOKEN)))
-
-
 @contextlib.contextmanager
-def serve_cli(index_path: Path, run: Path, workers: int) -> Iterator[str]:
-    """``ahcl serve INDEX --run RUN --workers W`` as its own process: its URL."""
+def serve_cli(index_path: Path, run: Path, workers: int, *extra: str) -> Iterator[str]:
+    """``ahcl serve INDEX --run RUN --workers W [EXTRA...]`` as its own process: its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = serve_process(str(index_path), "--run", str(run), "--token", TOKEN, "--port",
                          str(port), "--workers", str(workers),
-                         "--torch-threads", str(SERVE_TORCH_THREADS))
+                         "--torch-threads", str(SERVE_TORCH_THREADS), *extra)
     try:
         wait_healthy(url, proc)
         yield url
@@ -164,17 +160,29 @@ def serve_cli(index_path: Path, run: Path, workers: int) -> Iterator[str]:
         proc.wait(timeout=120)
 
 
+#: Blocks of single additions alternated between the archives (drift falls on both alike).
+ADD_BLOCKS = 5
+
+
 def single_additions(run: Path, root: Path, sizes: list[int], repeats: int) -> dict:
-    out = {}
-    for n in sizes:
-        path = root / f"a{n}.index"
-        build_index(path, run, n)
-        with serve(path, run) as server:
-            client = Client(server.url)
+    """Single additions over HTTP, one archive per size, each served by its own ``ahcl serve``
+    (both up at once), in :data:`ADD_BLOCKS` alternated blocks: ``repeats`` timed per size."""
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for n in sizes:
+            path = root / f"a{n}.index"
+            build_index(path, run, n)
+            clients[n] = Client(stack.enter_context(serve_cli(path, run, 1)))
             for i in range(5):
-                client.add(10**6 + i)  # warm: first log record, compiled kernels
-            times = [client.add(n + i)[0] for i in range(repeats)]
-        out[str(n)] = ms(times)
+                clients[n].add(10**6 + i)  # warm: first log record, compiled kernels
+        block = -(-repeats // ADD_BLOCKS)
+        for start in range(0, repeats, block):
+            for n in sizes:
+                times[n] += [clients[n].add(n + i)[0]
+                             for i in range(start, min(start + block, repeats))]
+    out = {str(n): ms(times[n]) for n in sizes}
+    for n in sizes:
         print(f"single addition over HTTP, {n:>9,} items: p50 {out[str(n)]['p50_ms']:7.2f} ms  "
               f"p95 {out[str(n)]['p95_ms']:7.2f} ms", file=sys.stderr)
     return out
@@ -188,39 +196,69 @@ def search_loop(url: str, picks: list[int]) -> list[float]:
     return [client.search(int(i)) for i in picks]
 
 
-def add_until(url: str, stop_file: str, seed: int) -> list[int]:
-    """Additions one after another until ``stop_file`` exists: the ids."""
-    client, ids = Client(url), []
+def add_until(url: str, stop_file: str, pause_file: str, pngs: str) -> int:
+    """Additions one after another (of the images :func:`write_pngs` saved in ``pngs``, in a
+    cycle) until ``stop_file`` exists, idle while ``pause_file`` exists: how many."""
+    client, datas, n = Client(url), read_pngs(pngs), 0
     while not os.path.exists(stop_file):
-        ids += client.add(seed)[1]
-        seed += 1
-    return ids
+        if os.path.exists(pause_file):
+            time.sleep(0.01)
+            continue
+        client.add(0, datas[n % len(datas)])
+        n += 1
+    return n
 
 
-def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: int) -> dict:
-    """Search p50 from a client process, alone and while another client process adds."""
+#: Rounds of searches alone and while adding, alternated on one server: the machine's own
+#: drift (other tenants of a shared host) falls on both sides alike.
+SEARCH_ROUNDS = 3
+
+
+def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: int,
+                        *extra: str) -> dict:
+    """Search p50 from a client process, alone and while another client process adds
+    continuously, alternated :data:`SEARCH_ROUNDS` times on one ``ahcl serve EXTRA``."""
     path = root / f"a{n}.index"
     picks = [int(i) for i in np.random.default_rng(1).integers(0, n, repeats)]
-    stop_file = str(root / "stop-adding")
-    with serve_cli(path, run, workers) as url, \
+    stop_file, pause_file = root / "stop-adding", root / "pause-adding"
+    stop_file.unlink(missing_ok=True)
+    pause_file.touch()
+    pngs = root / "adder.npz"
+    if not pngs.exists():
+        write_pngs(pngs, range(5 * 10**6, 5 * 10**6 + 2000))
+    alone: list[float] = []
+    busy: list[float] = []
+    rounds = []
+    with serve_cli(path, run, workers, *extra) as url, \
             ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
         list(pool.map(time.sleep, [1.0] * 2))  # both workers started before the clock
-        alone = pool.submit(search_loop, url, picks).result()
-        adding = pool.submit(add_until, url, stop_file, 5 * 10**6)
-        time.sleep(1.0)
-        busy = pool.submit(search_loop, url, picks).result()
-        Path(stop_file).touch()
+        adding = pool.submit(add_until, url, str(stop_file), str(pause_file), str(pngs))
+        pool.submit(search_loop, url, picks[:20]).result()  # warm
+        for _ in range(SEARCH_ROUNDS):
+            pause_file.touch()
+            time.sleep(0.5)  # the addition in flight ends
+            quiet = pool.submit(search_loop, url, picks).result()
+            pause_file.unlink()
+            time.sleep(0.5)  # additions under way
+            loaded = pool.submit(search_loop, url, picks).result()
+            alone += quiet
+            busy += loaded
+            rounds.append([ms(quiet)["p50_ms"], ms(loaded)["p50_ms"]])
+        stop_file.touch()
         added = adding.result()
-    result = {"alone": ms(alone), "while_adding": ms(busy), "additions_meanwhile": len(added),
-              "server_workers": workers}
-    print(f"search by id over HTTP, {n:,} items: alone p50 {result['alone']['p50_ms']:.2f} ms, "
-          f"while another client adds p50 {result['while_adding']['p50_ms']:.2f} ms "
-          f"({len(added)} additions meanwhile)", file=sys.stderr)
+    result = {"alone": ms(alone), "while_adding": ms(busy),
+              "ratio_p50": round(ms(busy)["p50_ms"] / ms(alone)["p50_ms"], 2),
+              "rounds_p50_ms_alone_adding": rounds, "additions_meanwhile": added,
+              "server_workers": workers, "server_options": list(extra)}
+    print(f"search by id over HTTP, {n:,} items, ahcl serve {' '.join(extra)}: alone p50 "
+          f"{result['alone']['p50_ms']:.2f} ms, while another client adds p50 "
+          f"{result['while_adding']['p50_ms']:.2f} ms (x{result['ratio_p50']}; rounds {rounds}; "
+          f"{added} additions meanwhile)", file=sys.stderr)
     return result
 
 
 def stream(run: Path, root: Path, n: int, count: int, clients: int, workers: int) -> dict:
-    path = root / f"s{n}.index"
+    path = root / f"s{n}_{clients}.index"  # its own images folder too: no upload seen before
     start = time.perf_counter()
     build_index(path, run, n, meta=False)
     built = time.perf_counter() - start
@@ -263,7 +301,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--stream-n", type=int, default=10_000_000)
     parser.add_argument("--stream", type=int, default=10_000)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=lambda t: [int(c) for c in t.split(",")],
+                        default=[4, 16], help="client processes of the stream, comma-separated "
+                                              "for several streams (default 4,16)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes of the searches and the stream (ahcl serve "
                              "--workers)")
@@ -281,9 +321,12 @@ def main() -> int:
         ratio = adds[str(args.large)]["p50_ms"] / adds[str(args.small)]["p50_ms"]
         print(f"ratio of p50s, {args.large:,} / {args.small:,} items: {ratio:.2f}x "
               "(target <= 1.5x, large p50 <= 100 ms)", file=sys.stderr)
-        searches = search_while_adding(run, root, args.large, args.repeats, args.workers)
-        streamed = stream(run, root, args.stream_n, args.stream, args.clients, args.workers) \
-            if args.stream else None
+        searches = {"writer_process": search_while_adding(run, root, args.large, args.repeats,
+                                                          args.workers),
+                    "inline_writes": search_while_adding(run, root, args.large, args.repeats,
+                                                         args.workers, "--inline-writes")}
+        streamed = [stream(run, root, args.stream_n, args.stream, c, args.workers)
+                    for c in args.clients] if args.stream else None
     result = {"cpu": cpu, "encoder": "tiny_cnn, 64 bits (benchmarks/bench_serve.py's run)",
               "single_addition": adds, "ratio_large_small_p50": round(ratio, 2),
               "search_while_adding": searches, "stream": streamed,

@@ -168,12 +168,13 @@ def single_additions(run: Path, root: Path, sizes: list[int], repeats: int) -> d
     """Single additions over HTTP, one archive per size, each served by its own ``ahcl serve``
     (both up at once), in :data:`ADD_BLOCKS` alternated blocks: ``repeats`` timed per size."""
     times: dict[int, list[float]] = {n: [] for n in sizes}
+    for n in sizes:
+        build_index(root / f"a{n}.index", run, n)
     with contextlib.ExitStack() as stack:
-        clients = {}
+        urls = {n: stack.enter_context(serve_cli(root / f"a{n}.index", run, 1)) for n in sizes}
+        # connected once all are up: uvicorn closes a keep-alive connection idle for 5 s
+        clients = {n: Client(url) for n, url in urls.items()}
         for n in sizes:
-            path = root / f"a{n}.index"
-            build_index(path, run, n)
-            clients[n] = Client(stack.enter_context(serve_cli(path, run, 1)))
             for i in range(5):
                 clients[n].add(10**6 + i)  # warm: first log record, compiled kernels
         block = -(-repeats // ADD_BLOCKS)

@@ -74,6 +74,7 @@ def test_a_killed_writer_is_replaced_and_ids_are_never_reused(archive):
     deadline = time.monotonic() + 10  # the reply thread notices the closed pipe
     while archive._writer._conn is not None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert archive._writer._conn is None  # noticed: the next addition starts a new child
     second = archive.add_files([noise_png(6)], MAX_PIXELS)[0]["id"]
     assert archive._writer.pid not in (None, pid)
     assert second > first and len({first, second}) == 2

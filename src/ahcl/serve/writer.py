@@ -127,6 +127,9 @@ class WriterProcess:
                     future.set_result(reply)
         except (EOFError, OSError):
             pass
+        proc = self._proc
+        if proc is not None and self._conn is conn:
+            proc.join(5)  # reaped, so that its exit code can be told
         with self._lock:
             if self._conn is not conn:
                 return

@@ -491,12 +491,18 @@ class Archive:
         Raises:
             UnknownItemError: no such id, or its image file is gone or unreadable.
         """
-        _, meta = self._lookup(self._current(), item_id)  # removed meanwhile: not served
+        index = self._current()
         with self._thumb_lock:
             hit = self._thumbs.get(item_id)
             if hit is not None:
                 self._thumbs.move_to_end(item_id)
-                return hit
+        if hit is not None:
+            try:
+                index.labels_of([item_id])  # removed meanwhile: not served
+            except (ValueError, OverflowError):
+                raise UnknownItemError(item_id) from None
+            return hit
+        _, meta = self._lookup(index, item_id)
         try:
             image = _item_image(meta)
         except (ImageReadError, SceneError, Image.DecompressionBombError):

@@ -65,9 +65,9 @@ class WorkerConfig:
 #: The interpreter's switch interval in a server process (Python's default is 5 ms): how long a
 #: thread that wants the interpreter lock waits before it asks the thread holding it to let go.
 #: A search hands off between the event loop and a request thread; with other requests' Python
-#: work in the process each hand-off could wait that long (measured on 2 cores, search by id
-#: on 1M items: p50 1.8-2.6 ms alone and 2.4-3.7 ms while a client added, against 1.4-1.5 and
-#: 1.9-2.3 ms with 0.5 ms).
+#: work in the process each hand-off could wait that long. A probe on 2 cores (search by id on
+#: 1M items, 6 rounds each, a noisy shared machine) gave p50 1.7-2.6 ms alone with 5 ms against
+#: 1.35-2.4 ms with 0.5 ms; while a client added, 2.4-3.7 against 1.9-4.0 ms.
 SWITCH_INTERVAL_S = 0.0005
 
 

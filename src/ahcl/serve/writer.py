@@ -3,8 +3,8 @@ writes are allowed).
 
 An addition is mostly CPU work (decoding the upload, a forward pass, writing the image) and
 Python glue under an interpreter lock. Done in the server process, it holds that lock and the
-cores while searches wait: on 2 cores a search's p50 went from 1.3 ms to 3.4 ms while another
-client added continuously. :class:`WriterProcess` runs the additions in a spawned child process
+cores while searches wait: on 2 cores a search's p50 went from 1.59 ms to 3.10 ms while another
+client added continuously (``benchmarks/bench_archive.py``, ``--inline-writes``). :class:`WriterProcess` runs the additions in a spawned child process
 with its own :class:`~ahcl.serve.store.Archive` over the same index files and a ``nice``
 value of :data:`WRITER_NICE`, so the scheduler serves searches first and the two never share an
 interpreter lock. The server process only parses the request and forwards the upload's bytes.
@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ahcl.errors import AhclError
-from ahcl.serve.uploads import UploadError, decode_uploads
+from ahcl.serve.uploads import UploadError
 
 #: How much lower the writer's CPU priority is than the server's (``nice`` increment): searches
-#: first, additions with the cores that are left (measured on 2 cores with a client adding
-#: continuously: search p50 unchanged, 1.4 ms against 1.4 ms alone, and additions as fast).
+#: first, additions with the cores that are left. ``benchmarks/bench_archive.py`` on 2 cores,
+#: search p50 on 1M items alone -> while a client adds: 1.86 -> 3.04 ms with the writer process,
+#: 1.59 -> 3.10 ms with ``--inline-writes`` in the same run; 19 was not measurably different.
 WRITER_NICE = 10
 #: Additions the child works on at once (the server's request threads: each a request's
 #: decode; they share forward passes and group commits, :mod:`ahcl.serve.batching`).
@@ -63,8 +64,8 @@ class WriterProcess:
     Args:
         opener: what opens the archive in the child, ``opener(source, run,
             run_options=run_options)`` (:meth:`ahcl.serve.store.Archive.open`, passed by
-            reference to the spawned child); the archive it returns has ``add(uploads, label)``
-            and ``close()``.
+            reference to the spawned child); the archive it returns has
+            ``add_files(datas, max_pixels, label)`` and ``close()``.
         source, run, run_options: the archive opened.
         torch_threads: CPU threads of the child's forward passes.
         nice: the child's ``nice`` increment.
@@ -76,8 +77,8 @@ class WriterProcess:
     def __init__(self, opener: Callable[..., Any], source: str | Path,
                  run: str | Path | None = None, run_options: dict[str, Any] | None = None, *,
                  torch_threads: int = 1, nice: int = WRITER_NICE) -> None:
-        self._args = (opener, str(source), None if run is None else str(run), dict(run_options or {}),
-                      int(torch_threads), int(nice))
+        self._args = (opener, str(source), None if run is None else str(run),
+                      dict(run_options or {}), int(torch_threads), int(nice))
         self._lock = threading.Lock()  # starting, stopping, and each request's messages
         self._pending: dict[int, Future] = {}
         self._ids = itertools.count()
@@ -143,7 +144,7 @@ class WriterProcess:
     def add(self, datas: list[bytes], max_pixels: int, label: int | None = None
             ) -> list[dict[str, Any]]:
         """Check, decode, encode and store uploaded files in the child, durable when it returns:
-        the new items' records (:meth:`ahcl.serve.store.Archive.add`).
+        the new items' records (:meth:`ahcl.serve.store.Archive.add_files`).
 
         Raises:
             UploadError: a file is refused (as :func:`ahcl.serve.uploads.decode_uploads`).
@@ -217,7 +218,7 @@ def _child_main(conn: Any, opener: Callable[..., Any], source: str, run: str | N
 
     def work(request: int, datas: list[bytes], max_pixels: int, label: int | None) -> None:
         try:
-            items = archive.add(decode_uploads(datas, max_pixels), label)
+            items = archive.add_files(datas, max_pixels, label)  # the child's: in-process
         except UploadError as exc:
             reply({"id": request, "error": {"kind": "upload", "message": str(exc),
                                             "status": exc.status}})

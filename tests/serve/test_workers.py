@@ -44,6 +44,45 @@ def test_an_addition_through_one_archive_is_read_at_once_through_another(
     assert len(set(ids)) == len(ids)
 
 
+def _fresh_table(archive: Archive) -> dict[str, set[int]]:
+    """The uploads-by-content table built from scratch from the archive's current snapshot."""
+    archive._current()
+    saved, archive._uploads = archive._uploads, None
+    try:
+        return archive._upload_ids()
+    finally:
+        archive._uploads = saved
+
+
+def test_another_archives_changes_keep_the_uploads_table_without_a_rebuild(run_dir: Path
+                                                                         ) -> None:
+    """What one archive (another worker, the writer process) adds, deletes and compacts
+    updates the other's table of uploads by content in place: its next deletion does not
+    rebuild it (a pass over every item's meta), and shared files go only with their last owner."""
+    Archive.open(run_dir).add(decode_uploads([noise_png(99)], 10**6))  # writes the file
+    a, b = Archive.open(run_dir), Archive.open(run_dir)
+    mine = a.add(decode_uploads([noise_png(1)], 10**6))[0]["id"]
+    table = a._upload_ids()  # built once
+    theirs = b.add(decode_uploads([noise_png(1), noise_png(2)], 10**6))  # shares 1's file
+    shared, alone = theirs[0]["id"], theirs[1]["id"]
+    a._current()
+    assert a._uploads is table and table == _fresh_table(a)
+    files = sorted((run_dir / "archive.images").iterdir())
+    b.delete(shared)  # a's item still holds the file
+    a._current()
+    assert a._uploads is table and table == _fresh_table(a)
+    assert sorted((run_dir / "archive.images").iterdir()) == files
+    a.delete(alone)  # added by b, known to a without a rebuild: its file goes
+    a.delete(mine)  # the last owner of the shared file
+    assert a._uploads is table and table == _fresh_table(a)
+    assert len(list((run_dir / "archive.images").iterdir())) == len(files) - 2
+    again = b.add(decode_uploads([noise_png(3)], 10**6))[0]["id"]
+    b._store.compact()  # the file is rewritten: a reopens it
+    a._current()
+    assert a._uploads is table and table == _fresh_table(a)
+    assert any(again in ids for ids in table.values())
+
+
 def test_run_blocking_runs_off_the_loop_and_raises_there() -> None:
     def where() -> str:
         return threading.current_thread().name

@@ -35,7 +35,7 @@ import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -64,12 +64,20 @@ class IndexStore:
     def __init__(self, path: str | os.PathLike, *, mmap: bool = True, verify: bool | None = None,
                  mih: bool = False, threads: int | None = None) -> None:
         self.path = Path(path)
+        # plain strings for the two stats of every read (is_current): no Path arithmetic there
+        self._stat_paths = (os.fspath(self.path), os.fspath(wal.log_path(self.path)))
         self._options = {"mmap": mmap, "mih": mih, "threads": threads}
         self._lock = threading.RLock()  # this process's writers (and refreshes)
         self._check_lock = threading.Lock()
         self._damage: Exception | None = None
         #: Bumped whenever catching up brought in changes made by another process.
         self.external_changes = 0
+        #: Called as ``on_external(before, after, records)`` whenever catching up brings in
+        #: another process's changes: the snapshots before and after, and the log records that
+        #: led from one to the other (``None`` when the file was rewritten and reopened). Runs
+        #: under this store's lock, on the thread that caught up.
+        self.on_external: Callable[[HammingIndex, HammingIndex, list[wal.Record] | None],
+                                   None] | None = None
         with contextlib.suppress(IndexLockedError):  # no writer now: clean crashed saves
             with writing(self.path, timeout=0):
                 pass
@@ -111,11 +119,12 @@ class IndexStore:
         (the file's identity, the log's size), no read. A writer of another process appends
         and fsyncs its record before it acknowledges it, so once it has answered, this is
         False until :meth:`refresh` (read-your-writes across processes, for microseconds)."""
+        index_file, log_file = self._stat_paths
         try:
-            size = os.stat(wal.log_path(self.path)).st_size
+            size = os.stat(log_file).st_size
         except FileNotFoundError:
             size = 0
-        return size == self._log_size and _file_identity(self.path) == self._file
+        return size == self._log_size and _file_identity(index_file) == self._file
 
     def refresh(self) -> bool:
         """Catch up with what other processes wrote (new log records: read and applied in
@@ -129,8 +138,10 @@ class IndexStore:
         return changed
 
     def _catch_up_once(self) -> bool:
+        before = self._index
         if _file_identity(self.path) != self._file:
             self._open(verify=None)
+            self._tell(before, None)
             return True
         log = wal.read_log(self.path, self._header["token"], self._header["n_bits"],
                            self._header["semantic_bits"], start=self._log_end)
@@ -138,6 +149,7 @@ class IndexStore:
         if log.stale:
             if self._log_end:  # our log is gone but the file is the same: start over from it
                 self._open(verify=None)
+                self._tell(before, None)
                 return True
             return False
         if not log.records:
@@ -146,7 +158,12 @@ class IndexStore:
         index._replay(log.records, self.path)
         self._index, self._log_end = index, log.end
         self._log_records += len(log.records)
+        self._tell(before, log.records)
         return True
+
+    def _tell(self, before: HammingIndex, records: list[wal.Record] | None) -> None:
+        if self.on_external is not None:
+            self.on_external(before, self._index, records)
 
     # ------------------------------------------------------------------ writing
     def add(self, codes: np.ndarray, ids: Sequence[int] | np.ndarray | None = None,

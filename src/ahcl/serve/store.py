@@ -117,6 +117,7 @@ class Archive:
         self._compacting: threading.Thread | None = None
         self._writer: WriterProcess | None = None
         self.run.encoder()  # build now: the first query should not pay for it
+        self._watch()
         if self._store is not None:  # a large file opened without its CRCs: check it meanwhile
             threading.Thread(target=self._check_quietly, daemon=True,
                              name="ahcl-index-check").start()
@@ -205,6 +206,8 @@ class Archive:
             store = IndexStore(self.index_path, verify=True)
             self.run.check_index(store.index, self.index_path)
             self._store, self._memory = store, None
+            self._uploads = None  # the file's items, not the ones it was built from
+            self._watch()
             self.revision += 1
 
     def class_name(self, label: int) -> str | None:
@@ -440,16 +443,57 @@ class Archive:
                     wal.discard(self.index_path)
             raise
         self._store, self._memory = store, None
+        self._uploads = None  # the file may be another process's (made meanwhile)
+        self._watch()
 
     def _note_external(self) -> None:
-        """Forget what another process's changes (seen by the store) made stale: the table of
-        uploads by content. (Cached thumbnails stay: ids are never reused, and a thumbnail is
-        only served for an id the current snapshot holds.)"""
+        """Count another process's changes (seen by the store) in :attr:`revision`. (The table
+        of uploads by content follows them in :meth:`_external_change`; cached thumbnails stay:
+        ids are never reused, and a thumbnail is only served for an id the current snapshot
+        holds.)"""
         store = self._store
         if store is not None and store.external_changes != self._seen_external:
             self._seen_external = store.external_changes
-            self._uploads = None
             self.revision += 1
+
+    def _watch(self) -> None:
+        if self._store is not None:
+            self._store.on_external = self._external_change
+
+    def _external_change(self, before: HammingIndex, after: HammingIndex,
+                         records: list[wal.Record] | None) -> None:
+        """Keep the table of uploads by content (if built) up to date with another process's
+        changes, in O(their size): from the log records it caught up with, or, when the file
+        was rewritten (compacted by another process), from the ids that came and went."""
+        table = self._uploads
+        if table is None:
+            return
+        if records is None:
+            old, new = np.asarray(before.ids), np.asarray(after.ids)
+            came, gone = np.setdiff1d(new, old), np.setdiff1d(old, new)
+            records = [wal.Record("remove", gone), wal.Record("add", came,
+                                                              meta=after.meta_of(came))]
+        added: dict[int, str] = {}  # sha256 of the ids these records add
+        for record in records:
+            if record.kind == "add":
+                for i, meta in zip(record.ids, record.meta or [None] * len(record.ids)):
+                    if meta and meta.get("sha256"):
+                        added[int(i)] = meta["sha256"]
+                        table.setdefault(meta["sha256"], set()).add(int(i))
+                continue
+            for i in (int(i) for i in record.ids):
+                sha = added.pop(i, None)
+                if sha is None:
+                    try:
+                        meta = before.meta_of([i])[0] or {}
+                    except (ValueError, OverflowError):  # unknown: the record ignores it too
+                        continue
+                    sha = meta.get("sha256")
+                owners = table.get(sha) if sha else None
+                if owners is not None:
+                    owners.discard(i)
+                    if not owners:
+                        del table[sha]
 
     def _check_quietly(self) -> None:
         with contextlib.suppress(IndexFileError):  # reported (and refused) at the next write

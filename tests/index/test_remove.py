@@ -63,3 +63,34 @@ def test_removing_every_other_row_then_all_but_one(saved: Path, tmp_path: Path) 
     _check(index, [499])
     index.save(tmp_path / "c.index")
     _check(HammingIndex.load(tmp_path / "c.index"), [499])
+
+
+def _tagged(i: int) -> dict | None:
+    if i % 5 == 0:
+        return {"path": f"/u/{i}.png", "sha256": f"{i:064x}"}
+    if i % 5 == 1:  # the key, but not at the top level
+        return {"path": f"/odd/{i}", "source": {"sha256": "not an upload's"}}
+    return None if i % 5 == 2 else {"path": f"/archive/{i}.png"}
+
+
+def test_items_with_a_meta_key_are_found_without_decoding_the_others(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    rng = np.random.default_rng(5)
+    index = HammingIndex(64)
+    index.add(rng.integers(0, 256, (300, 8), dtype=np.uint8), meta=[_tagged(i) for i in range(300)])
+    index.save(tmp_path / "t.index")
+    loaded = HammingIndex.load(tmp_path / "t.index")
+    loaded.remove(np.arange(0, 300, 3))  # leaves the file's metadata with picked rows
+    loaded.add(rng.integers(0, 256, (2, 8), dtype=np.uint8), ids=[1000, 1001],
+               meta=[{"sha256": "ab"}, {"path": "x"}])  # an in-memory segment too
+    decoded: list[bytes] = []
+    real_loads = json.loads
+    monkeypatch.setattr(fmt.json, "loads", lambda b, *a, **k: decoded.append(b) or
+                        real_loads(b, *a, **k))
+    ids, metas = loaded.meta_with_key("sha256")
+    want = [i for i in range(300) if i % 3 and i % 5 == 0] + [1000]
+    assert ids.tolist() == want and metas == [_tagged(i) for i in want[:-1]] + [{"sha256": "ab"}]
+    # only the rows that mention the key were read as JSON (the items found twice: check, answer)
+    mentioned = sum(1 for i in range(300) if i % 3 and i % 5 in (0, 1))
+    assert len(decoded) == mentioned + (len(want) - 1)
+    assert HammingIndex(64).meta_with_key("sha256")[0].shape == (0,)

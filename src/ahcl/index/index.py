@@ -852,6 +852,18 @@ class HammingIndex:
         """Metadata dicts of ``ids`` (``None`` where none was given); raises on unknown ids."""
         return self._meta_at(self._positions_of(ids))
 
+    def meta_with_key(self, key: str) -> tuple[np.ndarray, list[dict]]:
+        """The ids (in storage order) and metadata of the items whose metadata has ``key``.
+        A file's metadata is decoded only for the rows whose bytes mention the key
+        (:meth:`ahcl.index.format.Segment.rows_with_key`), so a key few items have is found
+        without a JSON read of every item's metadata."""
+        ids, metas = [], []
+        for seg in self._segments:
+            rows = seg.rows_with_key(key)
+            ids.append(np.asarray(seg.ids)[rows])
+            metas += [seg.meta_at(int(r)) for r in rows]
+        return _concat(ids, np.int64), metas
+
     def _meta_at(self, positions: np.ndarray) -> list[dict | None]:
         seg, local = self._locate(np.asarray(positions, dtype=np.int64))
         return [self._segments[s].meta_at(int(i)) for s, i in zip(seg, local)]

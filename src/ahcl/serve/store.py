@@ -515,15 +515,14 @@ class Archive:
         self._compacting.start()
 
     def _upload_ids(self) -> dict[str, set[int]]:
-        """sha256 → ids of uploaded items with those bytes (built at the first deletion: one
-        pass over every item's meta, which additions never wait for)."""
+        """sha256 → ids of uploaded items with those bytes (built at the first deletion from the
+        items whose metadata has a ``sha256``: one search of the metadata's bytes, a JSON read of
+        the uploads' only; then kept up to date by every change)."""
         table = self._uploads
         if table is None:
             table = {}
-            index = self.index
-            ids = np.asarray(index.ids)
-            for i, meta in zip(ids, index.meta_of(ids) if ids.shape[0] else []):
-                if meta and meta.get("sha256"):
+            for i, meta in zip(*self.index.meta_with_key("sha256")):
+                if meta.get("sha256"):
                     table.setdefault(meta["sha256"], set()).add(int(i))
             self._uploads = table
         return table

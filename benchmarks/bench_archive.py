@@ -15,7 +15,10 @@ additions into a large index, and searches while another client adds.
    another client process adds continuously (alternated in rounds on one server), served by
    ``ahcl serve --workers W`` (``--workers`` server processes, started as a user would): with
    its writer process (the default), then with ``--inline-writes`` as the reference.
-4. ``--stream`` single additions through the API from ``--clients`` client processes into an
+4. Deletions over HTTP (``DELETE /api/items/ID``) on the large archive, each of an item just
+   added through the writer process (so another process's change for the server process): the
+   first one (which builds the table of uploads by content) and the p50 of the next ``--repeats``.
+5. ``--stream`` single additions through the API from ``--clients`` client processes into an
    index of ``--stream-n`` codes, served the same way (one stream per client count); wall time,
    then the index reopened from disk to check every acknowledged id is there.
 
@@ -110,6 +113,18 @@ class Client:
                                       png(seed) if data is None else data)])
         took, out = self.post("/api/items", body, ctype, auth=True)
         return took, [item["id"] for item in out["items"]]
+
+    def delete(self, item_id: int) -> float:
+        """One deletion: its seconds."""
+        start = time.perf_counter()
+        self.conn.request("DELETE", f"/api/items/{item_id}",
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+        response = self.conn.getresponse()
+        payload = response.read()
+        took = time.perf_counter() - start
+        if response.status != 200:
+            raise RuntimeError(f"DELETE {item_id}: HTTP {response.status}: {payload[:200]!r}")
+        return took
 
     def search(self, item_id: int) -> float:
         return self.post("/api/search", json.dumps({"id": item_id, "k": 10}).encode(),
@@ -258,6 +273,19 @@ def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: in
     return result
 
 
+def deletions(run: Path, root: Path, n: int, repeats: int) -> dict:
+    """Deletions over HTTP of items just added through the writer process, on the archive of
+    ``n`` items (:func:`single_additions` built it): the first, then ``repeats`` more."""
+    with serve_cli(root / f"a{n}.index", run, 1) as url:
+        client = Client(url)
+        times = [client.delete(client.add(7 * 10**6 + i)[1][0]) for i in range(repeats + 1)]
+    result = {"first_ms": round(times[0] * 1e3, 2), "next": ms(times[1:])}
+    print(f"deletion over HTTP after an addition, {n:,} items: first {result['first_ms']:.2f} ms "
+          f"(builds the table of uploads by content), next p50 {result['next']['p50_ms']:.2f} ms",
+          file=sys.stderr)
+    return result
+
+
 def stream(run: Path, root: Path, n: int, count: int, clients: int, workers: int) -> dict:
     path = root / f"s{n}_{clients}.index"  # its own images folder too: no upload seen before
     start = time.perf_counter()
@@ -326,11 +354,13 @@ def main() -> int:
                                                           args.workers),
                     "inline_writes": search_while_adding(run, root, args.large, args.repeats,
                                                          args.workers, "--inline-writes")}
+        deleted = deletions(run, root, args.large, args.repeats)
         streamed = [stream(run, root, args.stream_n, args.stream, c, args.workers)
                     for c in args.clients] if args.stream else None
     result = {"cpu": cpu, "encoder": "tiny_cnn, 64 bits (benchmarks/bench_serve.py's run)",
               "single_addition": adds, "ratio_large_small_p50": round(ratio, 2),
-              "search_while_adding": searches, "stream": streamed,
+              "search_while_adding": searches, "deletion_after_addition": deleted,
+              "stream": streamed,
               "command": "python benchmarks/bench_archive.py " + " ".join(sys.argv[1:])}
     atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

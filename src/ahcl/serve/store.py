@@ -463,16 +463,15 @@ class Archive:
     def _external_change(self, before: HammingIndex, after: HammingIndex,
                          records: list[wal.Record] | None) -> None:
         """Keep the table of uploads by content (if built) up to date with another process's
-        changes, in O(their size): from the log records it caught up with, or, when the file
-        was rewritten (compacted by another process), from the ids that came and went."""
+        changes, in O(their size), from the log records it caught up with. A rewritten file
+        (compacted, or replaced by a new build) may hold anything under the same ids: the table
+        is then dropped and built again at the next deletion (:meth:`_upload_ids`)."""
         table = self._uploads
         if table is None:
             return
         if records is None:
-            old, new = np.asarray(before.ids), np.asarray(after.ids)
-            came, gone = np.setdiff1d(new, old), np.setdiff1d(old, new)
-            records = [wal.Record("remove", gone), wal.Record("add", came,
-                                                              meta=after.meta_of(came))]
+            self._uploads = None
+            return
         added: dict[int, str] = {}  # sha256 of the ids these records add
         for record in records:
             if record.kind == "add":

@@ -143,6 +143,28 @@ def test_another_store_catches_up_in_place(store: IndexStore) -> None:
     np.testing.assert_array_equal(reader.index.codes_of(ids), store.index.codes_of(ids))
 
 
+def test_a_catch_up_tells_what_it_brought_in(store: IndexStore) -> None:
+    reader = IndexStore(store.path)
+    told: list[tuple] = []
+    reader.on_external = lambda before, after, records: told.append((before, after, records))
+    first = reader.index
+    added = store.add(_codes(np.random.default_rng(20), 2), meta=[{"a": 1}, None])
+    store.remove([int(added[0])])
+    assert reader.refresh() and len(told) == 1
+    before, after, records = told[0]
+    assert before is first and after is reader.index
+    assert [(r.kind, r.ids.tolist()) for r in records] == [("add", added.tolist()),
+                                                           ("remove", [int(added[0])])]
+    assert records[0].meta == [{"a": 1}, None]
+    assert not reader.refresh() and len(told) == 1  # nothing new: not called
+    store.add(_codes(np.random.default_rng(21), 1))  # a write of its own catches up first
+    reader.add(_codes(np.random.default_rng(22), 1))
+    assert len(told) == 2 and [r.kind for r in told[1][2]] == ["add"]
+    store.compact()  # the file is rewritten: reopened, with no records to tell
+    assert reader.refresh() and told[-1][2] is None and told[-1][1] is reader.index
+    assert _state(reader.index) == _state(HammingIndex.load(store.path))
+
+
 def test_is_current_sees_every_change_of_another_writer(store: IndexStore) -> None:
     reader = IndexStore(store.path)
     assert reader.is_current() and store.is_current()

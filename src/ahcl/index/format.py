@@ -123,29 +123,30 @@ class Segment:
         lo, hi = int(offsets[r]), int(offsets[r + 1])
         return json.loads(bytes(blob[lo:hi])) if hi > lo else None
 
-    def rows_with_key(self, key: str) -> np.ndarray:
-        """Rows (ascending) whose metadata has ``key``. A file's undecoded metadata is searched
-        as bytes for the key's JSON spelling and only the rows that mention it are decoded: a
-        pass over the section at memory speed instead of a JSON read per row."""
+    def meta_with_key(self, key: str) -> tuple[np.ndarray, list[dict]]:
+        """The rows (ascending) whose metadata has ``key``, and their metadata. A file's
+        undecoded metadata is searched as bytes for the key's JSON spelling and only the rows
+        that mention it are decoded: a pass over the section at memory speed instead of a JSON
+        read per row."""
         if self.meta is None:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.int64), []
         if isinstance(self.meta, list):
-            return np.array([i for i, m in enumerate(self.meta) if m and key in m],
-                            dtype=np.int64)
-        offsets, blob, *picked = self.meta
-        offsets = np.asarray(offsets)
-        lo, hi = int(offsets[0]), int(offsets[-1])
-        starts = [lo + m.start() for m in re.finditer(re.escape(json.dumps(key).encode()),
-                                                     blob[lo:hi])]
-        rows = np.unique(np.searchsorted(offsets, np.asarray(starts, dtype=np.int64),
-                                         side="right") - 1)
-        if picked:  # file rows -> this segment's rows (what removals left)
-            kept = np.asarray(picked[0])
-            at = np.minimum(np.searchsorted(kept, rows), max(len(kept) - 1, 0))
-            rows = at[kept[at] == rows] if len(kept) else np.zeros(0, dtype=np.int64)
-        # a mention is not always the key (it may be inside a value): decode to be sure
-        return np.array([r for r in rows.tolist() if key in (self.meta_at(r) or {})],
-                        dtype=np.int64)
+            found = [(i, m) for i, m in enumerate(self.meta) if m and key in m]
+        else:
+            offsets, blob, *picked = self.meta
+            offsets = np.asarray(offsets)
+            lo, hi = int(offsets[0]), int(offsets[-1])
+            starts = [lo + m.start() for m in re.finditer(re.escape(json.dumps(key).encode()),
+                                                         blob[lo:hi])]
+            rows = np.unique(np.searchsorted(offsets, np.asarray(starts, dtype=np.int64),
+                                             side="right") - 1)
+            if picked:  # file rows -> this segment's rows (what removals left)
+                kept = np.asarray(picked[0])
+                at = np.minimum(np.searchsorted(kept, rows), max(len(kept) - 1, 0))
+                rows = at[kept[at] == rows] if len(kept) else np.zeros(0, dtype=np.int64)
+            # a mention is not always the key (it may be nested deeper): decode to be sure
+            found = [(r, m) for r in rows.tolist() if key in (m := self.meta_at(r) or {})]
+        return np.array([r for r, _ in found], dtype=np.int64), [m for _, m in found]
 
     def meta_of_rows(self, rows: np.ndarray) -> Any:
         """The metadata of rows ``rows`` (ascending positions) in this segment's form: a list

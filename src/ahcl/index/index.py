@@ -855,13 +855,13 @@ class HammingIndex:
     def meta_with_key(self, key: str) -> tuple[np.ndarray, list[dict]]:
         """The ids (in storage order) and metadata of the items whose metadata has ``key``.
         A file's metadata is decoded only for the rows whose bytes mention the key
-        (:meth:`ahcl.index.format.Segment.rows_with_key`), so a key few items have is found
+        (:meth:`ahcl.index.format.Segment.meta_with_key`), so a key few items have is found
         without a JSON read of every item's metadata."""
         ids, metas = [], []
         for seg in self._segments:
-            rows = seg.rows_with_key(key)
+            rows, found = seg.meta_with_key(key)
             ids.append(np.asarray(seg.ids)[rows])
-            metas += [seg.meta_at(int(r)) for r in rows]
+            metas += found
         return _concat(ids, np.int64), metas
 
     def _meta_at(self, positions: np.ndarray) -> list[dict | None]:

@@ -112,7 +112,6 @@ class Archive:
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._thumb_cap = int(thumb_cache)
         self._thumb_lock = threading.Lock()
-        self._seen_external = 0
         self._uploads: dict[str, set[int]] | None = None
         self._compacting: threading.Thread | None = None
         self._writer: WriterProcess | None = None
@@ -194,7 +193,6 @@ class Archive:
         elif not self._store.is_current() and self._write_lock.acquire(blocking=False):
             try:
                 self._store.refresh()
-                self._note_external()
             finally:
                 self._write_lock.release()
         return self.index
@@ -388,7 +386,6 @@ class Archive:
                             labels=np.concatenate([w[3] for w in works]),
                             meta=[{"path": str(p), "sha256": u.sha256}
                                   for u, p in zip(uploads, paths)])
-            self._note_external()
             self.revision += 1
             if self._uploads is not None:  # else built from the index at the first deletion
                 for i, u in zip(ids, uploads):
@@ -404,7 +401,6 @@ class Archive:
         """
         with self._write_lock, self._writable() as store:
             store.refresh()
-            self._note_external()
             _, meta = self._lookup(store.index, item_id)
             store.remove([item_id])
             self.revision += 1
@@ -446,26 +442,19 @@ class Archive:
         self._uploads = None  # the file may be another process's (made meanwhile)
         self._watch()
 
-    def _note_external(self) -> None:
-        """Count another process's changes (seen by the store) in :attr:`revision`. (The table
-        of uploads by content follows them in :meth:`_external_change`; cached thumbnails stay:
-        ids are never reused, and a thumbnail is only served for an id the current snapshot
-        holds.)"""
-        store = self._store
-        if store is not None and store.external_changes != self._seen_external:
-            self._seen_external = store.external_changes
-            self.revision += 1
-
     def _watch(self) -> None:
         if self._store is not None:
             self._store.on_external = self._external_change
 
     def _external_change(self, before: HammingIndex, after: HammingIndex,
                          records: list[wal.Record] | None) -> None:
-        """Keep the table of uploads by content (if built) up to date with another process's
-        changes, in O(their size), from the log records it caught up with. A rewritten file
-        (compacted, or replaced by a new build) may hold anything under the same ids: the table
-        is then dropped and built again at the next deletion (:meth:`_upload_ids`)."""
+        """What another process's changes (the store caught up with them) mean here: a new
+        :attr:`revision`, and the table of uploads by content (if built) kept up to date in
+        O(their size) from the log records. A rewritten file (compacted, or replaced by a new
+        build) may hold anything under the same ids: the table is then dropped and built again
+        at the next deletion (:meth:`_upload_ids`). Cached thumbnails stay: ids are never
+        reused, and a thumbnail is only served for an id the current snapshot holds."""
+        self.revision += 1
         table = self._uploads
         if table is None:
             return

@@ -4,9 +4,10 @@ writes are allowed).
 An addition is mostly CPU work (decoding the upload, a forward pass, writing the image) and
 Python glue under an interpreter lock. Done in the server process, it holds that lock and the
 cores while searches wait: on 2 cores a search's p50 went from 2.05 ms to 3.24 ms while another
-client added continuously (``benchmarks/bench_archive.py``, ``--inline-writes``). :class:`WriterProcess` runs the additions in a spawned child process
-with its own :class:`~ahcl.serve.store.Archive` over the same index files and a ``nice``
-value of :data:`WRITER_NICE`, so the scheduler serves searches first and the two never share an
+client added continuously (``benchmarks/bench_archive.py``, ``--inline-writes``).
+:class:`WriterProcess` runs the additions in a spawned child process with its own
+:class:`~ahcl.serve.store.Archive` over the same index files and a ``nice`` value of
+:data:`WRITER_NICE`, so the scheduler serves searches first and the two never share an
 interpreter lock. The server process only parses the request and forwards the upload's bytes.
 
 This is the service's multi-process design of the index (:mod:`ahcl.index.store`) used once

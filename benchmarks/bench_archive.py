@@ -95,16 +95,22 @@ class Client:
         self.conn = http.client.HTTPConnection(host, int(port), timeout=120)
 
     def post(self, path: str, body: bytes, ctype: str, auth: bool = False) -> tuple[float, dict]:
-        headers = {"Content-Type": ctype}
+        return self.request("POST", path, body, {"Content-Type": ctype}, auth)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, auth: bool = False
+                ) -> tuple[float, dict]:
+        """One request: (seconds, its JSON answer); an error status raises."""
+        headers = dict(headers or {})
         if auth:
             headers["Authorization"] = f"Bearer {TOKEN}"
         start = time.perf_counter()
-        self.conn.request("POST", path, body=body, headers=headers)
+        self.conn.request(method, path, body=body, headers=headers)
         response = self.conn.getresponse()
         payload = response.read()
         took = time.perf_counter() - start
         if response.status not in (200, 201):
-            raise RuntimeError(f"{path}: HTTP {response.status}: {payload[:200]!r}")
+            raise RuntimeError(f"{method} {path}: HTTP {response.status}: {payload[:200]!r}")
         return took, json.loads(payload)
 
     def add(self, seed: int, data: bytes | None = None) -> tuple[float, list[int]]:
@@ -116,15 +122,7 @@ class Client:
 
     def delete(self, item_id: int) -> float:
         """One deletion: its seconds."""
-        start = time.perf_counter()
-        self.conn.request("DELETE", f"/api/items/{item_id}",
-                          headers={"Authorization": f"Bearer {TOKEN}"})
-        response = self.conn.getresponse()
-        payload = response.read()
-        took = time.perf_counter() - start
-        if response.status != 200:
-            raise RuntimeError(f"DELETE {item_id}: HTTP {response.status}: {payload[:200]!r}")
-        return took
+        return self.request("DELETE", f"/api/items/{item_id}", auth=True)[0]
 
     def search(self, item_id: int) -> float:
         return self.post("/api/search", json.dumps({"id": item_id, "k": 10}).encode(),

@@ -3,7 +3,7 @@ writes are allowed).
 
 An addition is mostly CPU work (decoding the upload, a forward pass, writing the image) and
 Python glue under an interpreter lock. Done in the server process, it holds that lock and the
-cores while searches wait: on 2 cores a search's p50 went from 2.05 ms to 3.24 ms while another
+cores while searches wait: on 2 cores a search's p50 went from 1.57 ms to 3.24 ms while another
 client added continuously (``benchmarks/bench_archive.py``, ``--inline-writes``).
 :class:`WriterProcess` runs the additions in a spawned child process with its own
 :class:`~ahcl.serve.store.Archive` over the same index files and a ``nice`` value of
@@ -45,8 +45,8 @@ from ahcl.serve.uploads import UploadError
 
 #: How much lower the writer's CPU priority is than the server's (``nice`` increment): searches
 #: first, additions with the cores that are left. ``benchmarks/bench_archive.py`` on 2 cores,
-#: search p50 on 1M items alone -> while a client adds: 2.42 -> 3.31 ms (x1.37) with the writer
-#: process, 2.05 -> 3.24 ms (x1.58) with ``--inline-writes`` in the same run; 19 was not
+#: search p50 on 1M items alone -> while a client adds: 1.39 -> 2.26 ms (x1.63) with the writer
+#: process, 1.57 -> 3.24 ms (x2.06) with ``--inline-writes`` in the same run; 19 was not
 #: measurably different.
 WRITER_NICE = 10
 #: Additions the child works on at once (the server's request threads: each a request's

@@ -17,6 +17,7 @@ acts as the identity of a one-process group, so library code calls them uncondit
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Any
@@ -68,7 +69,16 @@ def init_from_env(device: str = "cpu", timeout_s: float = 1800.0) -> bool:
             raise AhclError("device 'cuda' asked for but no GPU is visible; use device 'cpu'")
         backend = "nccl"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    # Left to the interpreter's exit, gloo's worker threads can be torn down while still
+    # joinable and the rank dies with SIGABRT ("terminate called without an active exception",
+    # pytorch/pytorch#190489): leave the group while the interpreter is fully alive.
+    atexit.register(_leave_group)
     return dist.get_world_size() > 1
+
+
+def _leave_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:

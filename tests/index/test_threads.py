@@ -38,10 +38,11 @@ class KernelSpy:
     """Wraps the index's kernels; per Python thread, records the numba thread count at each launch:
     the calling thread's setting and the width of a parallel launch made at that moment."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch,
+                 spied: list[tuple[Any, str]] = KERNELS) -> None:
         self.seen: dict[int, list[tuple[str, int, int]]] = {}
         self._lock = threading.Lock()
-        for module, name in KERNELS:
+        for module, name in spied:
             monkeypatch.setattr(module, name, self._wrap(name, getattr(module, name)))
 
     def _wrap(self, name: str, kernel: Callable[..., Any]) -> Callable[..., Any]:
@@ -158,3 +159,39 @@ def test_thread_limit_sets_and_restores_only_the_calling_threads_count():
         leave.set()
         thread.join(30)
     assert other == [1]
+
+
+@pytest.mark.skipif(N_NUMBA < 2, reason="needs NUMBA_NUM_THREADS >= 2 to tell two counts apart")
+@pytest.mark.parametrize("mih_index", [False, True])
+def test_a_few_queries_launch_one_thread_per_block_of_queries(monkeypatch, mih_index):
+    # One query is one block of the query loops: a second thread would only wait (spinning,
+    # under GNU OpenMP). The database's side (MIH tables made at the first search) splits by
+    # rows and keeps the index's count.
+    db, ids, queries = _data()
+    index = HammingIndex(N_BITS, mih=mih_index, threads=2)
+    index.add(db, ids=ids)
+    spy = KernelSpy(monkeypatch)
+    before = numba.get_num_threads()
+    single = [index.search(queries[i:i + 1], K) for i in range(3)]
+    single_range = index.range_search(queries[:1], RADIUS)
+    assert numba.get_num_threads() == before
+    records = spy.seen[threading.get_ident()]
+    queried = [r for r in records if r[0] != "_build"]
+    assert queried and all(r[1:] == (1, 1) for r in queried), queried
+    if mih_index:
+        assert [r[1:] for r in records if r[0] == "_build"] == [(2, 2)]
+    spy.seen.clear()
+    many = index.search(queries, K)  # 24 queries: two blocks, two threads
+    assert {r[1:] for r in spy.seen[threading.get_ident()]} == {(2, 2)}
+    for i, (d, i_) in enumerate(single):
+        np.testing.assert_array_equal(d[0], many[0][i])
+        np.testing.assert_array_equal(i_[0], many[1][i])
+    lims, dist, found = single_range
+    assert list(zip(dist.tolist(), found.tolist())) == brute_range(queries[:1], db, ids,
+                                                                    RADIUS)[0]
+
+
+def test_query_threads_is_one_thread_per_block_of_queries():
+    assert [kernels.query_threads(nq, 4) for nq in (0, 1, 16, 17, 48, 49, 10**6)] \
+        == [1, 1, 1, 2, 3, 4, 4]
+    assert kernels.query_threads(10**6, 1) == 1

@@ -524,7 +524,7 @@ class HammingIndex:
             return d, np.zeros_like(d), p, i
         q = self._queries(query_codes)
         k = self._check_k(k, q.shape[0])
-        with kernels.thread_limit(self.threads):
+        with kernels.thread_limit(self.threads, q.shape[0]):
             return self._flat_split(q, k)
 
     def _search(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray,
@@ -539,7 +539,7 @@ class HammingIndex:
         if not nq:
             return (np.empty((0, k), dtype=np.int32), np.empty((0, k), dtype=np.int64),
                     np.empty((0, k), dtype=np.int64))
-        with kernels.thread_limit(self.threads):
+        with kernels.thread_limit(self.threads, nq):
             if self.mih and len(self):
                 return self._mih_search(q, k)
             return self._flat(q, k)
@@ -549,7 +549,8 @@ class HammingIndex:
         the others (:meth:`_mih_plan`), each query's lists merged by ``(distance, id)``. Where
         a table gives up on a query (over its work budget) that segment alone is scanned flat
         for it."""
-        tabled, flat = self._mih_plan()
+        with kernels.database_threads():
+            tabled, flat = self._mih_plan()
         nq = q.shape[0]
         parts = []
         for start, seg, tables, ids in tabled:
@@ -734,7 +735,7 @@ class HammingIndex:
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         q = self._queries(query_codes)
         radius = int(radius)
-        with kernels.thread_limit(self.threads):
+        with kernels.thread_limit(self.threads, q.shape[0]):
             path, qmasks, seg_planes = self._kernel_inputs(q)
             qblock, tile = kernels.query_block(q.shape[0]), kernels.tile_rows(self.words)
 
@@ -761,7 +762,7 @@ class HammingIndex:
             return lims, d, np.zeros_like(d), p, i
         q = self._queries(query_codes)
         radius = min(int(radius), self.semantic_bits)  # every row is within semantic_bits
-        with kernels.thread_limit(self.threads):
+        with kernels.thread_limit(self.threads, q.shape[0]):
             path, masks, spans, shift, qmasks, seg_planes, geom = self._split_inputs(q)
             qblock, tile = kernels.query_block(q.shape[0]), kernels.tile_rows(self.words)
 
@@ -1003,7 +1004,8 @@ def _segment_cached(seg: fmt.Segment, key: str, make: Any) -> Any:
     """``seg.cache[key]``, made on first use (segments never change, so neither does it)."""
     hit = seg.cache.get(key)
     if hit is None:
-        hit = seg.cache[key] = make()
+        with kernels.database_threads():
+            hit = seg.cache[key] = make()
     return hit
 
 

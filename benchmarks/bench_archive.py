@@ -11,10 +11,12 @@ additions into a large index, and searches while another client adds.
    (``POST /api/items``: decode, encode, one fsynced log record) is timed ``--repeats`` times on
    each, in blocks alternated between the two; the figure is the ratio of the medians (large /
    small) and the large archive's p50.
-3. Search p50 over HTTP (by id) on the large archive from a client process, alone and while
-   another client process adds continuously (alternated in rounds on one server), served by
-   ``ahcl serve --workers W`` (``--workers`` server processes, started as a user would): with
-   its writer process (the default), then with ``--inline-writes`` as the reference.
+3. Search p50 over HTTP (by id) on the large archive from a client process, alone, while
+   another client process adds continuously, and while that client adds as continuously to a
+   second server (of the small archive; the machine's share: same cores, other processes),
+   alternated in rounds, served by ``ahcl serve --workers W`` (``--workers`` server processes,
+   started as a user would): with its writer process (the default), then with
+   ``--inline-writes`` as the reference.
 4. Deletions over HTTP (``DELETE /api/items/ID``) on the large archive, each of an item just
    added through the writer process (so another process's change for the server process): the
    first one (which builds the table of uploads by content) and the p50 of the next ``--repeats``.
@@ -223,51 +225,66 @@ def add_until(url: str, stop_file: str, pause_file: str, pngs: str) -> int:
     return n
 
 
-#: Rounds of searches alone and while adding, alternated on one server: the machine's own
-#: drift (other tenants of a shared host) falls on both sides alike.
+#: Rounds of searches alone, while adding and while adding elsewhere, alternated on one server:
+#: the machine's own drift (other tenants of a shared host) falls on every side alike.
 SEARCH_ROUNDS = 3
 
 
 def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: int,
-                        *extra: str) -> dict:
-    """Search p50 from a client process, alone and while another client process adds
-    continuously, alternated :data:`SEARCH_ROUNDS` times on one ``ahcl serve EXTRA``."""
+                        *extra: str, elsewhere: Path) -> dict:
+    """Search p50 from a client process on ``ahcl serve EXTRA`` over the archive of ``n``
+    items: alone, while another client process adds continuously to it, and (the machine's
+    share of the slowdown) while that client adds as continuously to another ``ahcl serve`` of
+    the archive ``elsewhere``, on the same cores but in other processes; alternated
+    :data:`SEARCH_ROUNDS` times."""
     path = root / f"a{n}.index"
     picks = [int(i) for i in np.random.default_rng(1).integers(0, n, repeats)]
-    stop_file, pause_file = root / "stop-adding", root / "pause-adding"
+    stop_file = root / "stop-adding"
+    pauses = {side: root / f"pause-adding-{side}" for side in ("here", "elsewhere")}
     stop_file.unlink(missing_ok=True)
-    pause_file.touch()
+    for pause in pauses.values():
+        pause.touch()
     pngs = root / "adder.npz"
     if not pngs.exists():
         write_pngs(pngs, range(5 * 10**6, 5 * 10**6 + 2000))
-    alone: list[float] = []
-    busy: list[float] = []
+    times: dict[str, list[float]] = {"alone": [], "here": [], "elsewhere": []}
     rounds = []
     with serve_cli(path, run, workers, *extra) as url, \
-            ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
-        list(pool.map(time.sleep, [1.0] * 2))  # both workers started before the clock
-        adding = pool.submit(add_until, url, str(stop_file), str(pause_file), str(pngs))
+            serve_cli(elsewhere, run, workers, *extra) as other, \
+            ProcessPoolExecutor(3, mp_context=get_context("spawn")) as pool:
+        list(pool.map(time.sleep, [1.0] * 3))  # every worker started before the clock
+        adding = {side: pool.submit(add_until, target, str(stop_file), str(pauses[side]),
+                                    str(pngs))
+                  for side, target in (("here", url), ("elsewhere", other))}
         pool.submit(search_loop, url, picks[:20]).result()  # warm
         for _ in range(SEARCH_ROUNDS):
-            pause_file.touch()
-            time.sleep(0.5)  # the addition in flight ends
-            quiet = pool.submit(search_loop, url, picks).result()
-            pause_file.unlink()
-            time.sleep(0.5)  # additions under way
-            loaded = pool.submit(search_loop, url, picks).result()
-            alone += quiet
-            busy += loaded
-            rounds.append([ms(quiet)["p50_ms"], ms(loaded)["p50_ms"]])
+            got = {}
+            for side in ("alone", "here", "elsewhere"):
+                if side in pauses:
+                    pauses[side].unlink()
+                time.sleep(0.5)  # additions under way, or the one in flight ended
+                got[side] = pool.submit(search_loop, url, picks).result()
+                if side in pauses:
+                    pauses[side].touch()
+                times[side] += got[side]
+            rounds.append([ms(got[side])["p50_ms"] for side in ("alone", "here", "elsewhere")])
         stop_file.touch()
-        added = adding.result()
-    result = {"alone": ms(alone), "while_adding": ms(busy),
-              "ratio_p50": round(ms(busy)["p50_ms"] / ms(alone)["p50_ms"], 2),
-              "rounds_p50_ms_alone_adding": rounds, "additions_meanwhile": added,
+        added = {side: future.result() for side, future in adding.items()}
+    alone = ms(times["alone"])["p50_ms"]
+    result = {"alone": ms(times["alone"]), "while_adding": ms(times["here"]),
+              "while_adding_elsewhere": ms(times["elsewhere"]),
+              "ratio_p50": round(ms(times["here"])["p50_ms"] / alone, 2),
+              "ratio_p50_elsewhere": round(ms(times["elsewhere"])["p50_ms"] / alone, 2),
+              "rounds_p50_ms_alone_adding_elsewhere": rounds,
+              "additions_meanwhile": added["here"],
+              "additions_elsewhere_meanwhile": added["elsewhere"],
               "server_workers": workers, "server_options": list(extra)}
     print(f"search by id over HTTP, {n:,} items, ahcl serve {' '.join(extra)}: alone p50 "
-          f"{result['alone']['p50_ms']:.2f} ms, while another client adds p50 "
-          f"{result['while_adding']['p50_ms']:.2f} ms (x{result['ratio_p50']}; rounds {rounds}; "
-          f"{added} additions meanwhile)", file=sys.stderr)
+          f"{alone:.2f} ms, while another client adds p50 "
+          f"{result['while_adding']['p50_ms']:.2f} ms (x{result['ratio_p50']}), while it adds "
+          f"to another server p50 {result['while_adding_elsewhere']['p50_ms']:.2f} ms "
+          f"(x{result['ratio_p50_elsewhere']}; rounds {rounds}; additions meanwhile {added})",
+          file=sys.stderr)
     return result
 
 
@@ -348,10 +365,12 @@ def main() -> int:
         ratio = adds[str(args.large)]["p50_ms"] / adds[str(args.small)]["p50_ms"]
         print(f"ratio of p50s, {args.large:,} / {args.small:,} items: {ratio:.2f}x "
               "(target <= 1.5x, large p50 <= 100 ms)", file=sys.stderr)
+        elsewhere = root / f"a{args.small}.index"
         searches = {"writer_process": search_while_adding(run, root, args.large, args.repeats,
-                                                          args.workers),
+                                                          args.workers, elsewhere=elsewhere),
                     "inline_writes": search_while_adding(run, root, args.large, args.repeats,
-                                                         args.workers, "--inline-writes")}
+                                                         args.workers, "--inline-writes",
+                                                         elsewhere=elsewhere)}
         deleted = deletions(run, root, args.large, args.repeats)
         streamed = [stream(run, root, args.stream_n, args.stream, c, args.workers)
                     for c in args.clients] if args.stream else None

@@ -11,12 +11,13 @@ additions into a large index, and searches while another client adds.
    (``POST /api/items``: decode, encode, one fsynced log record) is timed ``--repeats`` times on
    each, in blocks alternated between the two; the figure is the ratio of the medians (large /
    small) and the large archive's p50.
-3. Search p50 over HTTP (by id) on the large archive from a client process, alone, while
-   another client process adds continuously, and while that client adds as continuously to a
-   second server (of the small archive; the machine's share: same cores, other processes),
-   alternated in rounds, served by ``ahcl serve --workers W`` (``--workers`` server processes,
-   started as a user would): with its writer process (the default), then with
-   ``--inline-writes`` as the reference.
+3. Search p50 over HTTP (by id) on the large archive from a client process, alone and while
+   another client process adds continuously: to the searched server, through a second server
+   of the same archive (the searched one catches up with each addition), and to a server of the
+   small archive (the machine's share: the same cores, nothing shared); alternated in rounds,
+   served by ``ahcl serve --workers W`` (``--workers`` server processes, started as a user
+   would): with its writer process (the default), then with ``--inline-writes`` as the
+   reference.
 4. Deletions over HTTP (``DELETE /api/items/ID``) on the large archive, each of an item just
    added through the writer process (so another process's change for the server process): the
    first one (which builds the table of uploads by content) and the p50 of the next ``--repeats``.
@@ -225,41 +226,48 @@ def add_until(url: str, stop_file: str, pause_file: str, pngs: str) -> int:
     return n
 
 
-#: Rounds of searches alone, while adding and while adding elsewhere, alternated on one server:
-#: the machine's own drift (other tenants of a shared host) falls on every side alike.
+#: Rounds of searches alone and while adding (each way), alternated on one server: the machine's
+#: own drift (other tenants of a shared host) falls on every side alike.
 SEARCH_ROUNDS = 3
+#: Where the adding client sends its additions, beside the searched server ("here"): another
+#: ``ahcl serve`` of the same archive (the searched server catches up with each addition), and
+#: another of another archive (the machine's share: same cores, nothing shared).
+ADD_SIDES = ("here", "same_archive", "elsewhere")
 
 
 def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: int,
                         *extra: str, elsewhere: Path) -> dict:
     """Search p50 from a client process on ``ahcl serve EXTRA`` over the archive of ``n``
-    items: alone, while another client process adds continuously to it, and (the machine's
-    share of the slowdown) while that client adds as continuously to another ``ahcl serve`` of
-    the archive ``elsewhere``, on the same cores but in other processes; alternated
-    :data:`SEARCH_ROUNDS` times."""
+    items: alone, and while another client process adds continuously to each of
+    :data:`ADD_SIDES` (``elsewhere``: the other archive); alternated :data:`SEARCH_ROUNDS`
+    times."""
     path = root / f"a{n}.index"
     picks = [int(i) for i in np.random.default_rng(1).integers(0, n, repeats)]
     stop_file = root / "stop-adding"
-    pauses = {side: root / f"pause-adding-{side}" for side in ("here", "elsewhere")}
+    pauses = {side: root / f"pause-adding-{side}" for side in ADD_SIDES}
     stop_file.unlink(missing_ok=True)
     for pause in pauses.values():
         pause.touch()
     pngs = root / "adder.npz"
     if not pngs.exists():
         write_pngs(pngs, range(5 * 10**6, 5 * 10**6 + 2000))
-    times: dict[str, list[float]] = {"alone": [], "here": [], "elsewhere": []}
+    sides = ("alone", *ADD_SIDES)
+    times: dict[str, list[float]] = {side: [] for side in sides}
     rounds = []
-    with serve_cli(path, run, workers, *extra) as url, \
-            serve_cli(elsewhere, run, workers, *extra) as other, \
-            ProcessPoolExecutor(3, mp_context=get_context("spawn")) as pool:
-        list(pool.map(time.sleep, [1.0] * 3))  # every worker started before the clock
-        adding = {side: pool.submit(add_until, target, str(stop_file), str(pauses[side]),
-                                    str(pngs))
-                  for side, target in (("here", url), ("elsewhere", other))}
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(serve_cli(path, run, workers, *extra))
+        targets = {"here": url,
+                   "same_archive": stack.enter_context(serve_cli(path, run, workers, *extra)),
+                   "elsewhere": stack.enter_context(serve_cli(elsewhere, run, workers, *extra))}
+        pool = stack.enter_context(ProcessPoolExecutor(1 + len(ADD_SIDES),
+                                                       mp_context=get_context("spawn")))
+        list(pool.map(time.sleep, [1.0] * (1 + len(ADD_SIDES))))  # all started before the clock
+        adding = {side: pool.submit(add_until, targets[side], str(stop_file), str(pauses[side]),
+                                    str(pngs)) for side in ADD_SIDES}
         pool.submit(search_loop, url, picks[:20]).result()  # warm
         for _ in range(SEARCH_ROUNDS):
             got = {}
-            for side in ("alone", "here", "elsewhere"):
+            for side in sides:
                 if side in pauses:
                     pauses[side].unlink()
                 time.sleep(0.5)  # additions under way, or the one in flight ended
@@ -267,24 +275,28 @@ def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: in
                 if side in pauses:
                     pauses[side].touch()
                 times[side] += got[side]
-            rounds.append([ms(got[side])["p50_ms"] for side in ("alone", "here", "elsewhere")])
+            rounds.append([ms(got[side])["p50_ms"] for side in sides])
         stop_file.touch()
         added = {side: future.result() for side, future in adding.items()}
     alone = ms(times["alone"])["p50_ms"]
     result = {"alone": ms(times["alone"]), "while_adding": ms(times["here"]),
-              "while_adding_elsewhere": ms(times["elsewhere"]),
               "ratio_p50": round(ms(times["here"])["p50_ms"] / alone, 2),
+              "while_adding_through_another_server": ms(times["same_archive"]),
+              "ratio_p50_through_another_server": round(
+                  ms(times["same_archive"])["p50_ms"] / alone, 2),
+              "while_adding_elsewhere": ms(times["elsewhere"]),
               "ratio_p50_elsewhere": round(ms(times["elsewhere"])["p50_ms"] / alone, 2),
-              "rounds_p50_ms_alone_adding_elsewhere": rounds,
-              "additions_meanwhile": added["here"],
-              "additions_elsewhere_meanwhile": added["elsewhere"],
-              "server_workers": workers, "server_options": list(extra)}
+              "rounds_p50_ms": {side: [r[j] for r in rounds] for j, side in enumerate(sides)},
+              "additions_meanwhile": added, "server_workers": workers,
+              "server_options": list(extra)}
     print(f"search by id over HTTP, {n:,} items, ahcl serve {' '.join(extra)}: alone p50 "
-          f"{alone:.2f} ms, while another client adds p50 "
-          f"{result['while_adding']['p50_ms']:.2f} ms (x{result['ratio_p50']}), while it adds "
-          f"to another server p50 {result['while_adding_elsewhere']['p50_ms']:.2f} ms "
-          f"(x{result['ratio_p50_elsewhere']}; rounds {rounds}; additions meanwhile {added})",
-          file=sys.stderr)
+          f"{alone:.2f} ms; while another client adds p50 "
+          f"{result['while_adding']['p50_ms']:.2f} ms (x{result['ratio_p50']}), through another "
+          f"server of the archive {result['while_adding_through_another_server']['p50_ms']:.2f}"
+          f" ms (x{result['ratio_p50_through_another_server']}), to another archive's server "
+          f"{result['while_adding_elsewhere']['p50_ms']:.2f} ms "
+          f"(x{result['ratio_p50_elsewhere']}); rounds {result['rounds_p50_ms']}; additions "
+          f"meanwhile {added}", file=sys.stderr)
     return result
 
 

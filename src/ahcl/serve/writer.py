@@ -46,8 +46,8 @@ from ahcl.serve.uploads import UploadError
 #: How much lower the writer's CPU priority is than the server's (``nice`` increment): searches
 #: first, additions with the cores that are left. ``benchmarks/bench_archive.py`` on 2 cores,
 #: search p50 on 1M items alone -> while a client adds: 1.39 -> 2.26 ms (x1.63) with the writer
-#: process, 1.57 -> 3.24 ms (x2.06) with ``--inline-writes`` in the same run; 19 was not
-#: measurably different.
+#: process, 1.57 -> 3.24 ms (x2.06) with ``--inline-writes`` in the same run (x1.57 against
+#: x1.60 in a later run); 19 was not measurably different.
 WRITER_NICE = 10
 #: Additions the child works on at once (the server's request threads: each a request's
 #: decode; they share forward passes and group commits, :mod:`ahcl.serve.batching`).

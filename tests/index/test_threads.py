@@ -38,11 +38,10 @@ class KernelSpy:
     """Wraps the index's kernels; per Python thread, records the numba thread count at each launch:
     the calling thread's setting and the width of a parallel launch made at that moment."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch,
-                 spied: list[tuple[Any, str]] = KERNELS) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.seen: dict[int, list[tuple[str, int, int]]] = {}
         self._lock = threading.Lock()
-        for module, name in spied:
+        for module, name in KERNELS:
             monkeypatch.setattr(module, name, self._wrap(name, getattr(module, name)))
 
     def _wrap(self, name: str, kernel: Callable[..., Any]) -> Callable[..., Any]:

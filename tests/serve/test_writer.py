@@ -113,6 +113,6 @@ def test_the_api_adds_through_the_writer_and_a_stopped_writer_is_a_503(archive, 
     def stopped(*args, **kwargs):
         raise WriterError("the writer process stopped (exit code -9) during this addition")
 
-    monkeypatch.setattr(archive._writer, "add", stopped)
+    monkeypatch.setattr(archive._writer, "add_form", stopped)
     r = client.post("/api/items", files={"image": ("c.png", noise_png(10))}, headers=auth)
     assert r.status_code == 503 and "writer process stopped" in r.json()["detail"]

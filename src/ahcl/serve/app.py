@@ -13,6 +13,10 @@ Endpoints (OpenAPI schema at ``/openapi.json``, rendered locally at ``/docs``)::
     GET    /api/scenes/{n}/overview  JPEG overview of scene n (made once, cached)
     GET    /api/classes, /api/health, /api/info
 
+With a writer process (:mod:`ahcl.serve.writer`), ``POST /api/items`` does not go through its
+route: :class:`~ahcl.serve.middleware.WriterAdditions` checks write access and hands the body
+to the writer process, which parses it and answers as the route would.
+
 Safety: request bodies are counted as they arrive and cut off with 413 past
 ``max_upload_bytes`` (a ``Content-Length`` above it is refused before reading anything); image
 headers are checked against ``max_pixels`` before decoding; ids are parsed as integers and looked
@@ -27,7 +31,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ahcl.serve.middleware import BodyLimit, SearchUploadAlias
+from ahcl.serve.forms import validation_detail
+from ahcl.serve.middleware import BodyLimit, SearchUploadAlias, WriterAdditions
 from ahcl.serve.routes import items, pages, scenes, search, service
 from ahcl.serve.settings import ServeSettings
 from ahcl.serve.store import Archive, UnknownItemError
@@ -55,6 +60,7 @@ def create_app(archive: Archive, settings: ServeSettings | None = None) -> FastA
     app.add_exception_handler(WriterError, _writer_failed)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(SearchUploadAlias, path="/api/search", target="/api/search/image")
+    app.add_middleware(WriterAdditions, path="/api/items")
     app.add_middleware(BodyLimit, limit=app.state.settings.max_upload_bytes)  # outermost
     return app
 
@@ -76,7 +82,5 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     # One line in "detail", as every other answer has; FastAPI's list under "errors", without
     # the "input" of each error: never echo a request body back.
     errors = [{key: value for key, value in e.items() if key != "input"} for e in exc.errors()]
-    detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', 'invalid')}"
-                       for e in errors)
-    return JSONResponse({"detail": " ".join(detail.split()) or "invalid request",
+    return JSONResponse({"detail": validation_detail(errors),
                          "errors": jsonable_encoder(errors)}, status_code=422)

@@ -10,7 +10,9 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 
+from ahcl.serve.forms import NOT_MULTIPART, is_multipart
 from ahcl.serve.settings import ServeSettings, is_loopback
 from ahcl.serve.store import Archive, UnknownItemError
 from ahcl.serve.uploads import UploadError
@@ -35,6 +37,12 @@ SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 
 async def require_write(request: Request, settings: SettingsDep, credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Allow a write (:func:`check_write` on the request's headers; ``credentials`` names the
+    bearer scheme in the OpenAPI schema)."""
+    check_write(request.headers, settings)
+
+
+def check_write(headers: Headers, settings: ServeSettings) -> None:
     """Allow a write: the bearer token when one is set, else only an open loopback server.
 
     Writes also refuse other websites: a request a browser sends from another origin
@@ -46,9 +54,9 @@ async def require_write(request: Request, settings: SettingsDep, credentials: An
         HTTPException: 401 a missing or wrong token; 403 writes disabled, another origin, or a
             non-loopback ``Host`` on a tokenless server.
     """
-    host = request.headers.get("host", "")
-    origin = request.headers.get("origin")
-    site = request.headers.get("sec-fetch-site")
+    host = headers.get("host", "")
+    origin = headers.get("origin")
+    site = headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         raise HTTPException(403, f"writes from another site are refused (Sec-Fetch-Site: "
                                  f"{site[:30]})")
@@ -58,7 +66,8 @@ async def require_write(request: Request, settings: SettingsDep, credentials: An
         raise HTTPException(403, "writes without a token accept only requests addressed to "
                                  "127.0.0.1, ::1 or localhost")
     if settings.token:
-        given = credentials.credentials.strip() if credentials is not None else ""
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""  # as HTTPBearer reads it
         if not hmac.compare_digest(given.encode(), settings.token.encode()):
             raise HTTPException(401, "write access needs 'Authorization: Bearer TOKEN'",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -92,9 +101,8 @@ def upload_form(max_images: int) -> Callable[[Request], Coroutine[Any, Any, None
     with at most ``max_images`` files in the field ``image`` (else 422)."""
 
     async def check_upload_form(request: Request) -> None:
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise UploadError("send multipart/form-data with the image in the field 'image'",
-                              status=415)
+        if not is_multipart(request.headers.get("content-type", "")):
+            raise UploadError(NOT_MULTIPART, status=415)
         if len((await request.form()).getlist("image")) > max_images:  # parsed once, cached
             raise UploadError(f"at most {max_images} images per request", status=422)
 

@@ -42,6 +42,7 @@ from ahcl.index.lock import writing
 from ahcl.index.store import IndexStore
 from ahcl.run import Run, load_run
 from ahcl.serve.batching import Batcher
+from ahcl.serve.forms import parse_add_form
 from ahcl.serve.uploads import Upload, decode_uploads
 from ahcl.serve.writer import WriterProcess
 
@@ -365,6 +366,29 @@ class Archive:
         items = self._writer.add(datas, max_pixels, label)
         self._current()
         return items
+
+    @property
+    def has_writer(self) -> bool:
+        """Whether additions run in a writer process (:meth:`open` with ``writer``)."""
+        return self._writer is not None
+
+    def add_form(self, content_type: str, body: bytes, max_pixels: int
+                 ) -> tuple[list[dict[str, Any]], int]:
+        """The service's addition from the raw body of a ``POST /api/items``
+        (:func:`ahcl.serve.forms.parse_add_form`), parsed in the writer process if the archive
+        has one: the new items' records and the archive's size after them.
+
+        Raises:
+            UploadError: the form or a file is refused.
+            WriterError: the writer process failed or stopped during the addition.
+        """
+        if self._writer is None:
+            datas, label = parse_add_form(content_type, body, self.classes)
+            items = self.add_files(datas, max_pixels, label)
+        else:
+            items = self._writer.add_form(content_type, body, max_pixels)
+            self._current()
+        return items, len(self)
 
     def close(self) -> None:
         """Stop the writer process (after its additions in flight) and wait for a compaction

@@ -8,7 +8,8 @@ client added continuously (``benchmarks/bench_archive.py``, ``--inline-writes``)
 :class:`WriterProcess` runs the additions in a spawned child process with its own
 :class:`~ahcl.serve.store.Archive` over the same index files and a ``nice`` value of
 :data:`WRITER_NICE`, so the scheduler serves searches first and the two never share an
-interpreter lock. The server process only parses the request and forwards the upload's bytes.
+interpreter lock. The server process only checks write access, reads an addition's body and
+forwards it whole; the child parses the form (:class:`ahcl.serve.middleware.WriterAdditions`).
 
 This is the service's multi-process design of the index (:mod:`ahcl.index.store`) used once
 more: the child is one more writer of the archive, serialised with every other by the index's
@@ -17,8 +18,11 @@ acknowledged records (a read of the new log bytes) before it answers, so a searc
 addition's answer finds its items.
 
 Messages on the pipe are JSON headers and raw bytes (no pickles): ``{"op": "add", "id", "n",
-"max_pixels", "label"}`` followed by ``n`` upload bodies, or ``{"op": "close"}``; replies are
-``{"id", "items"}`` or ``{"id", "error": {"kind", "message", "status"}}``.
+"max_pixels", "label"}`` followed by ``n`` upload bodies; ``{"op": "add_form", "id", "n": 1,
+"content_type", "max_pixels"}`` followed by the raw body of a ``POST /api/items``, which the
+child parses (:mod:`ahcl.serve.forms`); or ``{"op": "close"}``. Replies are ``{"id", "items"}``
+or ``{"id", "error": {"kind", "message", "status"}}`` (``{"kind": "form", "errors"}`` for a
+form the route's parameters refuse).
 
 If the child dies (killed, out of memory), the additions in flight fail with
 :class:`WriterError` (each one was stored entirely or not at all) and the next addition starts a
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ahcl.errors import AhclError
+from ahcl.serve.forms import FormError, parse_add_form
 from ahcl.serve.uploads import UploadError
 
 #: How much lower the writer's CPU priority is than the server's (``nice`` increment): searches
@@ -152,6 +157,24 @@ class WriterProcess:
             UploadError: a file is refused (as :func:`ahcl.serve.uploads.decode_uploads`).
             WriterError: the child failed the addition or stopped during it.
         """
+        return self._call({"op": "add", "n": len(datas), "max_pixels": int(max_pixels),
+                           "label": label}, datas)
+
+    def add_form(self, content_type: str, body: bytes, max_pixels: int
+                 ) -> list[dict[str, Any]]:
+        """:meth:`add` from the raw body of a ``POST /api/items``, parsed in the child
+        (:func:`ahcl.serve.forms.parse_add_form`).
+
+        Raises:
+            UploadError: the form or a file is refused (:class:`~ahcl.serve.forms.FormError`
+                for what the route's parameters refuse).
+            WriterError: the child failed the addition or stopped during it.
+        """
+        return self._call({"op": "add_form", "n": 1, "content_type": content_type,
+                           "max_pixels": int(max_pixels)}, [body])
+
+    def _call(self, head: dict[str, Any], blobs: list[bytes]) -> list[dict[str, Any]]:
+        """Send one request (``head`` and its ``n`` blobs) and wait for its reply."""
         future: Future = Future()
         with self._lock:
             if self._closed:
@@ -161,11 +184,9 @@ class WriterProcess:
             request = next(self._ids)
             self._pending[request] = future
             try:
-                self._conn.send_bytes(json.dumps({"op": "add", "id": request, "n": len(datas),
-                                                  "max_pixels": int(max_pixels),
-                                                  "label": label}).encode())
-                for data in datas:
-                    self._conn.send_bytes(data)
+                self._conn.send_bytes(json.dumps({**head, "id": request}).encode())
+                for blob in blobs:
+                    self._conn.send_bytes(blob)
             except OSError:
                 self._pending.pop(request, None)
                 raise WriterError("the writer process is gone: nothing was sent") from None
@@ -173,6 +194,8 @@ class WriterProcess:
         error = reply.get("error")
         if error is None:
             return reply["items"]
+        if error["kind"] == "form":
+            raise FormError(error["errors"])
         if error["kind"] == "upload":
             raise UploadError(error["message"], status=int(error["status"]))
         raise WriterError(error["message"])
@@ -218,9 +241,16 @@ def _child_main(conn: Any, opener: Callable[..., Any], source: str, run: str | N
         with send_lock, contextlib.suppress(OSError):  # the server is gone: nobody to tell
             conn.send_bytes(json.dumps(message).encode())
 
-    def work(request: int, datas: list[bytes], max_pixels: int, label: int | None) -> None:
+    def work(head: dict[str, Any], blobs: list[bytes]) -> None:
+        request = int(head["id"])
         try:
-            items = archive.add_files(datas, max_pixels, label)  # the child's: in-process
+            if head["op"] == "add_form":
+                datas, label = parse_add_form(head["content_type"], blobs[0], archive.classes)
+            else:
+                datas, label = blobs, head["label"]
+            items = archive.add_files(datas, int(head["max_pixels"]), label)  # in-process
+        except FormError as exc:
+            reply({"id": request, "error": {"kind": "form", "errors": exc.errors}})
         except UploadError as exc:
             reply({"id": request, "error": {"kind": "upload", "message": str(exc),
                                             "status": exc.status}})
@@ -235,10 +265,10 @@ def _child_main(conn: Any, opener: Callable[..., Any], source: str, run: str | N
         while True:
             try:
                 head = json.loads(conn.recv_bytes())
-                if head["op"] != "add":
+                if head["op"] not in ("add", "add_form"):
                     break
-                datas = [conn.recv_bytes() for _ in range(int(head["n"]))]
+                blobs = [conn.recv_bytes() for _ in range(int(head["n"]))]
             except (EOFError, OSError):
                 break  # the server is gone
-            pool.submit(work, int(head["id"]), datas, int(head["max_pixels"]), head["label"])
+            pool.submit(work, head, blobs)
     archive.close()

@@ -12,6 +12,7 @@ none; 422 a file or an unknown class).
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any, AsyncIterator, Sequence
 
 from python_multipart.multipart import parse_options_header
@@ -22,6 +23,7 @@ from ahcl.serve.settings import MAX_FORM_FIELDS, MAX_FORM_FILES
 from ahcl.serve.uploads import UploadError
 
 
+_THREAD = threading.local()
 #: The answer (415) to an upload that is not a multipart form.
 NOT_MULTIPART = "send multipart/form-data with the image in the field 'image'"
 
@@ -56,13 +58,23 @@ def parse_add_form(content_type: str, body: bytes, classes: Sequence[str]
     """
     if not is_multipart(content_type):
         raise UploadError(NOT_MULTIPART, status=415)
-    datas, label = asyncio.run(_read_form(content_type, body))
+    datas, label = _loop().run_until_complete(_read_form(content_type, body))
     if label is None:
         return datas, None
     if label not in classes:
         raise UploadError(f"unknown class {label[:60]!r}; classes: " + ", ".join(classes),
                           status=422)
     return datas, list(classes).index(label)
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop for the parser, kept: ``asyncio.run`` makes and closes a loop
+    per form, which costs more than the parse, in the writer process whose interpreter lock
+    paces a stream of additions."""
+    loop = getattr(_THREAD, "loop", None)
+    if loop is None:
+        loop = _THREAD.loop = asyncio.new_event_loop()
+    return loop
 
 
 async def _read_form(content_type: str, body: bytes) -> tuple[list[bytes], str | None]:

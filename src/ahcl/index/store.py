@@ -199,6 +199,14 @@ class IndexStore:
             return removed
 
     @contextlib.contextmanager
+    def holding(self) -> Any:
+        """Hold the writer locks (this process's, then the file's), caught up with every other
+        writer: no change anywhere until the block ends. Yields the current snapshot."""
+        with self._lock, writing(self.path):
+            self._catch_up()
+            yield self._index
+
+    @contextlib.contextmanager
     def _writing(self) -> Any:
         """This process's writer lock, then the file's; caught up with other writers, and with
         a log for the current file to append to."""

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +48,14 @@ from ahcl.serve.forms import parse_add_form
 from ahcl.serve.uploads import Upload, decode_uploads
 from ahcl.serve.writer import WriterProcess
 
+#: How old a file of the images folder that no item names must be before
+#: :meth:`Archive.sweep_orphans` removes it: an addition writes its image before its log
+#: record, so a younger one may be an addition in flight in another process.
+ORPHAN_GRACE_S = 3600.0
+#: An uploaded image's file name: its bytes' sha256, then its suffix.
+_UPLOAD_NAME = re.compile(r"[0-9a-f]{64}(\.[A-Za-z0-9]{1,8})?")
+#: The temporary file of an interrupted write of one (:func:`ahcl._io.atomic_write_bytes`).
+_UPLOAD_TEMP = re.compile(r"\.[0-9a-f]{64}(\.[A-Za-z0-9]{1,8})?\.[0-9a-f]{12}\.tmp")
 #: Name of the index file written inside a run folder on the first change.
 ARCHIVE_INDEX = "archive.index"
 
@@ -347,6 +357,9 @@ class Archive:
                 with contextlib.suppress(OSError):
                     self.images_dir.rmdir()
             raise
+        for u, path in zip(uploads, paths):  # reused, but removed meanwhile (another process's
+            if path not in created and not path.exists():  # deletion, or an orphans' sweep)
+                atomic_write_bytes(path, u.data)
         self._compact_if_needed()
         return [self._record(int(i), int(lab), {"sha256": ""}) for i, lab in zip(ids, labels)]
 
@@ -521,10 +534,37 @@ class Archive:
         def compact() -> None:
             with self._write_lock, contextlib.suppress(AhclError):
                 store.compact()
+            with contextlib.suppress(AhclError, OSError):
+                self.sweep_orphans()
 
         self._compacting = threading.Thread(target=compact, daemon=True,
                                             name="ahcl-index-compact")
         self._compacting.start()
+
+    def sweep_orphans(self, older_than_s: float = ORPHAN_GRACE_S) -> list[Path]:
+        """Remove what no item names in the images folder, older than ``older_than_s``: image
+        files left by an addition whose process died between writing its image and its log
+        record, and temporary files of interrupted image writes. Under the index's writer lock,
+        caught up with every other process first; files younger than the grace may belong to
+        an addition in flight (an image is written before its record). Returns what it removed
+        (nothing for an archive that has no index file yet).
+        """
+        if self._store is None or not self.images_dir.is_dir():
+            return []
+        removed = []
+        with self._write_lock, self._store.holding():
+            owned = self._upload_ids()
+            cutoff = time.time() - older_than_s
+            for path in self.images_dir.iterdir():
+                name = path.name
+                if not _UPLOAD_TEMP.fullmatch(name) and (not _UPLOAD_NAME.fullmatch(name)
+                                                         or name[:64] in owned):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if path.is_file() and path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed.append(path)
+        return removed
 
     def _upload_ids(self) -> dict[str, set[int]]:
         """sha256 → ids of uploaded items with those bytes (built at the first deletion from the

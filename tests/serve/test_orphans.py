@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ahcl.index.store import IndexStore
 from ahcl.serve import Archive
@@ -106,3 +108,69 @@ def test_holding_is_caught_up_with_other_writers(tmp_path: Path) -> None:
     first.add(np.zeros((2, 4), np.uint8))
     with second.holding() as index:
         assert len(index) == 2 and index is second.index
+
+
+def test_holding_lets_this_thread_write_and_others_wait(tmp_path: Path) -> None:
+    from ahcl.index import HammingIndex
+    from ahcl.index.lock import IndexLockedError, writing
+
+    path = tmp_path / "a.index"
+    store = IndexStore.create(path, HammingIndex(32))
+    with store.holding():
+        (new,) = store.add(np.zeros((1, 4), np.uint8))
+        assert store.remove([new]) == 1
+        with pytest.raises(IndexLockedError):  # any other writer waits for the block's end
+            with writing(path, timeout=0.1):
+                pass
+    with writing(path, timeout=0):
+        pass
+    assert len(IndexStore(path)) == 0
+
+
+def test_a_deletion_keeps_the_image_another_process_adds_meanwhile(run_dir: Path,
+                                                                  monkeypatch) -> None:
+    """Deleting the last owner of an image while another process adds the same bytes: the
+    image must stay for the new item, whichever commits first. The other process's addition
+    is let go right after the deletion's log record: it must wait until the deletion has
+    decided about the image (the old code removed it after the new item was acknowledged)."""
+    from ahcl.index import lock
+
+    data = noise_png(7)
+    archive, elsewhere = Archive.open(run_dir), Archive.open(run_dir)
+    (first,) = archive.add_files([data], MAX_PIXELS)
+    (other,) = elsewhere.add_files([noise_png(8)], MAX_PIXELS)  # its own store, open
+    (path,) = (run_dir / "archive.images").glob(hashlib.sha256(data).hexdigest() + "*")
+    waiting, done, added = threading.Event(), threading.Event(), []
+
+    class Clock:  # the lock's clock: tells when a writer waits for another
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            waiting.set()
+            time.sleep(seconds)
+
+    monkeypatch.setattr(lock, "time", Clock)
+
+    def add_elsewhere() -> None:
+        added.extend(elsewhere.add_files([data], MAX_PIXELS))
+        done.set()
+
+    remove = IndexStore.remove
+
+    def remove_then_let_the_other_go(self, ids):
+        removed = remove(self, ids)
+        threading.Thread(target=add_elsewhere, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while not (waiting.is_set() or done.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return removed
+
+    monkeypatch.setattr(IndexStore, "remove", remove_then_let_the_other_go)
+    archive.delete(first["id"])
+    assert done.wait(60) and waiting.is_set()  # it waited for the deletion to finish
+    (second,) = added
+    assert path.read_bytes() == data
+    assert elsewhere.thumbnail(second["id"])[:2] == b"\xff\xd8"
+    ids = [i["id"] for i in archive.items(limit=10**6)[1]]
+    assert first["id"] not in ids and ids[-2:] == [other["id"], second["id"]]

@@ -68,6 +68,7 @@ class IndexStore:
         self._stat_paths = (os.fspath(self.path), os.fspath(wal.log_path(self.path)))
         self._options = {"mmap": mmap, "mih": mih, "threads": threads}
         self._lock = threading.RLock()  # this process's writers (and refreshes)
+        self._holds_file = False  # whether the thread holding _lock holds the file's lock too
         self._check_lock = threading.Lock()
         self._damage: Exception | None = None
         #: Bumped whenever catching up brought in changes made by another process.
@@ -201,17 +202,34 @@ class IndexStore:
     @contextlib.contextmanager
     def holding(self) -> Any:
         """Hold the writer locks (this process's, then the file's), caught up with every other
-        writer: no change anywhere until the block ends. Yields the current snapshot."""
-        with self._lock, writing(self.path):
+        writer: no change by anyone else until the block ends (this thread's :meth:`add`,
+        :meth:`remove` and :meth:`compact` still work in it). Yields the current snapshot."""
+        with self._file_lock():
             self._catch_up()
             yield self._index
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Any:
+        """This process's writer lock, then the file's, re-entrant for the thread holding them
+        (a flock is not: a second one in the same process would wait for the first), so that
+        :meth:`add`, :meth:`remove` and :meth:`compact` also work inside :meth:`holding`."""
+        with self._lock:
+            if self._holds_file:
+                yield
+                return
+            with writing(self.path):
+                self._holds_file = True
+                try:
+                    yield
+                finally:
+                    self._holds_file = False
 
     @contextlib.contextmanager
     def _writing(self) -> Any:
         """This process's writer lock, then the file's; caught up with other writers, and with
         a log for the current file to append to."""
         self.check_file()
-        with self._lock, writing(self.path):
+        with self._file_lock():
             self._catch_up()
             self.check_file()  # the file may have been replaced meanwhile
             if not self._log_end:
@@ -237,7 +255,7 @@ class IndexStore:
         Raises:
             IndexFileError: the file is damaged (nothing is rewritten).
         """
-        with self._lock, writing(self.path):
+        with self._file_lock():
             self._catch_up()
             self.check_file()
             folded = {"items": len(self._index), "records": self._log_records,

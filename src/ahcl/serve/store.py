@@ -436,9 +436,11 @@ class Archive:
         Raises:
             UnknownItemError: no such id.
         """
-        with self._write_lock, self._writable() as store:
-            store.refresh()
-            _, meta = self._lookup(store.index, item_id)
+        # The file's lock is held until the image is gone: another process's addition of the
+        # same bytes either came first (caught up with: an owner) or commits after, and then
+        # finds the image missing and writes it again.
+        with self._write_lock, self._writable() as store, store.holding() as index:
+            _, meta = self._lookup(index, item_id)
             store.remove([item_id])
             self.revision += 1
             sha = meta.get("sha256")

@@ -227,8 +227,9 @@ def add_until(url: str, stop_file: str, pause_file: str, pngs: str) -> int:
 
 
 #: Rounds of searches alone and while adding (each way), alternated on one server: the machine's
-#: own drift (other tenants of a shared host) falls on every side alike.
-SEARCH_ROUNDS = 3
+#: own drift (other tenants of a shared host) falls on every side alike. Eight, not three: with
+#: three, the sides' p50s moved by 0.2-0.5 ms between runs of the same code on 2 cores.
+SEARCH_ROUNDS = 8
 #: Where the adding client sends its additions, beside the searched server ("here"): another
 #: ``ahcl serve`` of the same archive (the searched server catches up with each addition), and
 #: another of another archive (the machine's share: same cores, nothing shared).

@@ -17,7 +17,11 @@ additions into a large index, and searches while another client adds.
    small archive (the machine's share: the same cores, nothing shared); alternated in rounds,
    served by ``ahcl serve --workers W`` (``--workers`` server processes, started as a user
    would): with its writer process (the default), then with ``--inline-writes`` as the
-   reference.
+   reference, then (on 2 or more CPUs) with its writer process again, the searched server and
+   the searching client pinned to the first half of the CPUs and everything the additions
+   bring (the adding client, the writer process, the other servers) to the second half: a
+   machine with cores to spare for the writes, where the slowdown left is the searched
+   server's own (it still takes each addition's request and catches up with its record).
 4. Deletions over HTTP (``DELETE /api/items/ID``) on the large archive, each of an item just
    added through the writer process (so another process's change for the server process): the
    first one (which builds the table of uploads by content) and the p50 of the next ``--repeats``.
@@ -59,7 +63,7 @@ sys.path.insert(0, str(REPO))  # the harness lives in the repo
 from benchmarks.bench_encode import cpu_info  # noqa: E402
 from benchmarks.bench_serve import train_tiny_run  # noqa: E402
 from benchmarks.loadgen import multipart  # noqa: E402
-from tests.serve._server import (free_port, serve_process,  # noqa: E402
+from tests.serve._server import (child_pids, free_port, serve_process,  # noqa: E402
                                  wait_healthy)
 
 TOKEN = "bench-token"
@@ -160,9 +164,25 @@ def client_loop(url: str, first: int, count: int, step: int, pngs: str
     return ids, []
 
 
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Every thread of process ``pid`` and of its descendants onto ``cpus`` (threads they start
+    later inherit it); nothing when ``cpus`` is None."""
+    if cpus is None:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
+    for child in child_pids(pid):
+        pin(child, cpus)
+
+
 @contextlib.contextmanager
-def serve_cli(index_path: Path, run: Path, workers: int, *extra: str) -> Iterator[str]:
-    """``ahcl serve INDEX --run RUN --workers W [EXTRA...]`` as its own process: its URL."""
+def serve_cli(index_path: Path, run: Path, workers: int, *extra: str,
+              cpus: set[int] | None = None, writer_cpus: set[int] | None = None
+              ) -> Iterator[str]:
+    """``ahcl serve INDEX --run RUN --workers W [EXTRA...]`` as its own process: its URL. Once
+    it answers, its processes are pinned to ``cpus`` and its children (the writer process) to
+    ``writer_cpus``, where given."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = serve_process(str(index_path), "--run", str(run), "--token", TOKEN, "--port",
@@ -170,6 +190,9 @@ def serve_cli(index_path: Path, run: Path, workers: int, *extra: str) -> Iterato
                          "--torch-threads", str(SERVE_TORCH_THREADS), *extra)
     try:
         wait_healthy(url, proc)
+        pin(proc.pid, cpus)
+        for child in child_pids(proc.pid) if writer_cpus is not None else []:
+            pin(child, writer_cpus)
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
@@ -205,17 +228,22 @@ def single_additions(run: Path, root: Path, sizes: list[int], repeats: int) -> d
     return out
 
 
-def search_loop(url: str, picks: list[int]) -> list[float]:
-    """Searches by id, one after another from one connection: their times."""
+def search_loop(url: str, picks: list[int], cpus: set[int] | None = None) -> list[float]:
+    """Searches by id, one after another from one connection (this process pinned to ``cpus``
+    where given): their times."""
+    pin(os.getpid(), cpus)
     client = Client(url)
     for i in picks[:5]:
         client.search(int(i))  # warm
     return [client.search(int(i)) for i in picks]
 
 
-def add_until(url: str, stop_file: str, pause_file: str, pngs: str) -> int:
+def add_until(url: str, stop_file: str, pause_file: str, pngs: str,
+              cpus: set[int] | None = None) -> int:
     """Additions one after another (of the images :func:`write_pngs` saved in ``pngs``, in a
-    cycle) until ``stop_file`` exists, idle while ``pause_file`` exists: how many."""
+    cycle) until ``stop_file`` exists, idle while ``pause_file`` exists (this process pinned to
+    ``cpus`` where given): how many."""
+    pin(os.getpid(), cpus)
     client, datas, n = Client(url), read_pngs(pngs), 0
     while not os.path.exists(stop_file):
         if os.path.exists(pause_file):
@@ -237,11 +265,16 @@ ADD_SIDES = ("here", "same_archive", "elsewhere")
 
 
 def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: int,
-                        *extra: str, elsewhere: Path) -> dict:
+                        *extra: str, elsewhere: Path,
+                        cores: tuple[set[int], set[int]] | None = None) -> dict:
     """Search p50 from a client process on ``ahcl serve EXTRA`` over the archive of ``n``
     items: alone, and while another client process adds continuously to each of
     :data:`ADD_SIDES` (``elsewhere``: the other archive); alternated :data:`SEARCH_ROUNDS`
-    times."""
+    times. With ``cores`` (searching, adding): the searched server and the searching client
+    run on the first CPUs only, and everything the additions bring (the adding client, the
+    searched server's writer process, the other two servers) on the second: a machine with a
+    core to spare for the writes, where what is left is the searched server's own share."""
+    search_cpus, add_cpus = cores if cores is not None else (None, None)
     path = root / f"a{n}.index"
     picks = [int(i) for i in np.random.default_rng(1).integers(0, n, repeats)]
     stop_file = root / "stop-adding"
@@ -256,23 +289,26 @@ def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: in
     times: dict[str, list[float]] = {side: [] for side in sides}
     rounds = []
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(serve_cli(path, run, workers, *extra))
+        url = stack.enter_context(serve_cli(path, run, workers, *extra, cpus=search_cpus,
+                                            writer_cpus=add_cpus))
         targets = {"here": url,
-                   "same_archive": stack.enter_context(serve_cli(path, run, workers, *extra)),
-                   "elsewhere": stack.enter_context(serve_cli(elsewhere, run, workers, *extra))}
+                   "same_archive": stack.enter_context(serve_cli(path, run, workers, *extra,
+                                                                 cpus=add_cpus)),
+                   "elsewhere": stack.enter_context(serve_cli(elsewhere, run, workers, *extra,
+                                                              cpus=add_cpus))}
         pool = stack.enter_context(ProcessPoolExecutor(1 + len(ADD_SIDES),
                                                        mp_context=get_context("spawn")))
         list(pool.map(time.sleep, [1.0] * (1 + len(ADD_SIDES))))  # all started before the clock
         adding = {side: pool.submit(add_until, targets[side], str(stop_file), str(pauses[side]),
-                                    str(pngs)) for side in ADD_SIDES}
-        pool.submit(search_loop, url, picks[:20]).result()  # warm
+                                    str(pngs), add_cpus) for side in ADD_SIDES}
+        pool.submit(search_loop, url, picks[:20], search_cpus).result()  # warm
         for _ in range(SEARCH_ROUNDS):
             got = {}
             for side in sides:
                 if side in pauses:
                     pauses[side].unlink()
                 time.sleep(0.5)  # additions under way, or the one in flight ended
-                got[side] = pool.submit(search_loop, url, picks).result()
+                got[side] = pool.submit(search_loop, url, picks, search_cpus).result()
                 if side in pauses:
                     pauses[side].touch()
                 times[side] += got[side]
@@ -290,7 +326,11 @@ def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: in
               "rounds_p50_ms": {side: [r[j] for r in rounds] for j, side in enumerate(sides)},
               "additions_meanwhile": added, "server_workers": workers,
               "server_options": list(extra)}
-    print(f"search by id over HTTP, {n:,} items, ahcl serve {' '.join(extra)}: alone p50 "
+    if cores is not None:
+        result["cpus"] = {"searching": sorted(search_cpus), "adding": sorted(add_cpus)}
+    where = (f", searches on CPUs {sorted(search_cpus)}, additions on {sorted(add_cpus)}"
+             if cores is not None else "")
+    print(f"search by id over HTTP, {n:,} items, ahcl serve {' '.join(extra)}{where}: alone p50 "
           f"{alone:.2f} ms; while another client adds p50 "
           f"{result['while_adding']['p50_ms']:.2f} ms (x{result['ratio_p50']}), through another "
           f"server of the archive {result['while_adding_through_another_server']['p50_ms']:.2f}"
@@ -384,6 +424,12 @@ def main() -> int:
                     "inline_writes": search_while_adding(run, root, args.large, args.repeats,
                                                          args.workers, "--inline-writes",
                                                          elsewhere=elsewhere)}
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:  # the writes on a core of their own
+            half = len(cpus) // 2
+            searches["writer_process_additions_on_other_cores"] = search_while_adding(
+                run, root, args.large, args.repeats, args.workers, elsewhere=elsewhere,
+                cores=(set(cpus[:half]), set(cpus[half:])))
         deleted = deletions(run, root, args.large, args.repeats)
         streamed = [stream(run, root, args.stream_n, args.stream, c, args.workers)
                     for c in args.clients] if args.stream else None

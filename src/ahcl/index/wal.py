@@ -32,6 +32,7 @@ What a reader concludes:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import struct
@@ -87,8 +88,10 @@ class LogRead:
         return not self.stale and self.size > self.end
 
 
+@functools.lru_cache(maxsize=256)
 def log_path(index_path: str | os.PathLike) -> Path:
-    """The log of an index file: ``X.index.wal`` beside ``X.index``."""
+    """The log of an index file: ``X.index.wal`` beside ``X.index`` (remembered: a server
+    asks for it at every catch-up, and the path arithmetic costs more than reading a record)."""
     path = Path(index_path)
     return path.with_name(path.name + ".wal")
 

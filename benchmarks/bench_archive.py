@@ -191,8 +191,9 @@ def serve_cli(index_path: Path, run: Path, workers: int, *extra: str,
     try:
         wait_healthy(url, proc)
         pin(proc.pid, cpus)
-        for child in child_pids(proc.pid) if writer_cpus is not None else []:
-            pin(child, writer_cpus)
+        if writer_cpus is not None:
+            for child in child_pids(proc.pid):
+                pin(child, writer_cpus)
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
@@ -326,10 +327,10 @@ def search_while_adding(run: Path, root: Path, n: int, repeats: int, workers: in
               "rounds_p50_ms": {side: [r[j] for r in rounds] for j, side in enumerate(sides)},
               "additions_meanwhile": added, "server_workers": workers,
               "server_options": list(extra)}
+    where = ""
     if cores is not None:
         result["cpus"] = {"searching": sorted(search_cpus), "adding": sorted(add_cpus)}
-    where = (f", searches on CPUs {sorted(search_cpus)}, additions on {sorted(add_cpus)}"
-             if cores is not None else "")
+        where = f", searches on CPUs {sorted(search_cpus)}, additions on {sorted(add_cpus)}"
     print(f"search by id over HTTP, {n:,} items, ahcl serve {' '.join(extra)}{where}: alone p50 "
           f"{alone:.2f} ms; while another client adds p50 "
           f"{result['while_adding']['p50_ms']:.2f} ms (x{result['ratio_p50']}), through another "

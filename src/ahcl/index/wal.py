@@ -91,7 +91,7 @@ class LogRead:
 @functools.lru_cache(maxsize=256)
 def log_path(index_path: str | os.PathLike) -> Path:
     """The log of an index file: ``X.index.wal`` beside ``X.index`` (remembered: a server
-    asks for it at every catch-up, and the path arithmetic costs more than reading a record)."""
+    asks for it at every catch-up with another process's record)."""
     path = Path(index_path)
     return path.with_name(path.name + ".wal")
 

@@ -425,8 +425,8 @@ def main() -> int:
                     "inline_writes": search_while_adding(run, root, args.large, args.repeats,
                                                          args.workers, "--inline-writes",
                                                          elsewhere=elsewhere)}
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) >= 2:  # the writes on a core of their own
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(cpus) >= 2:  # the writes on a core of their own (Linux: pinned through /proc)
             half = len(cpus) // 2
             searches["writer_process_additions_on_other_cores"] = search_while_adding(
                 run, root, args.large, args.repeats, args.workers, elsewhere=elsewhere,
